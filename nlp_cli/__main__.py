@@ -1,0 +1,3 @@
+from nlp_cli.cli import main
+
+main()

@@ -1,0 +1,244 @@
+"""Artifacts: self-describing safetensors files, written atomically, checked on load.
+
+Every artifact's metadata holds JSON-encoded values under these keys (docs/ARTIFACTS.md):
+kind, schema, nlp_version, model, dataset, classnames, options, upstream, key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nlp_cli import __version__
+from nlp_cli.errors import ArtifactError
+from nlp_cli.home import artifacts_dir
+
+SCHEMA = 1
+KINDS = ("features", "labelset", "partition", "prompt")
+REQUIRED_TENSORS = {
+    "features": ("train.features", "train.labels", "test.features", "test.labels"),
+    "labelset": ("labels", "true_labels", "index"),
+    "partition": ("labels", "true_labels", "index", "clean", "pseudo_labels", "scores"),
+    "prompt": ("ctx",),
+}
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact: its tensors, its decoded metadata and its file digest."""
+
+    path: Path
+    kind: str
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+    digest: str
+
+    @property
+    def classnames(self) -> list[str]:
+        return list(self.meta.get("classnames") or [])
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return dict(self.meta.get("model") or {})
+
+    def ref(self) -> dict[str, str]:
+        """How a downstream artifact names this one: kind, absolute path and digest."""
+        return {"kind": self.kind, "path": str(self.path.resolve()), "digest": self.digest}
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, else delete it."""
+    path = Path(path)
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise ArtifactError(f"cannot write to {parent}: {e.strerror or e}") from e
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write bytes so that `path` is either its old content or the complete new one."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write text atomically."""
+    atomic_write_bytes(path, text.encode())
+
+
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path | str) -> str:
+    """SHA-256 of a file's bytes (memoised on path, size and mtime)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _digest_cache:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _digest_cache[key] = h.hexdigest()
+    return _digest_cache[key]
+
+
+def cache_key(kind: str, upstream: dict[str, str], options: dict[str, Any]) -> str:
+    """A short hash of what determines an artifact: its kind, upstream digests and options."""
+    blob = json.dumps(
+        {"kind": kind, "schema": SCHEMA, "upstream": upstream, "options": options},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_out(kind: str, stem: str, key: str, suffix: str = ".safetensors") -> Path:
+    """A descriptive default path under NLP_HOME for an artifact."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("-") or kind
+    return artifacts_dir(kind) / f"{safe}-{key[:10]}{suffix}"
+
+
+def save(
+    path: Path | str,
+    kind: str,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+) -> Path:
+    """Write an artifact atomically; `meta` gets kind, schema and version added."""
+    from safetensors.torch import save as st_save
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    missing = [t for t in REQUIRED_TENSORS[kind] if t not in tensors]
+    if missing:
+        raise ValueError(f"a {kind} artifact needs tensors {missing}")
+    full = {"kind": kind, "schema": SCHEMA, "nlp_version": __version__, **meta}
+    encoded = {k: json.dumps(v, sort_keys=True) for k, v in full.items()}
+    data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, encoded)
+    path = Path(path)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def read_meta(path: Path | str) -> dict[str, Any]:
+    """Decode only the metadata of an artifact (cheap: reads the header)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _check_exists(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        return {k: json.loads(v) for k, v in raw.items()}
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise ArtifactError(
+            f"{path} is not a readable nlp artifact (truncated, damaged or not safetensors)"
+        ) from e
+
+
+def load(path: Path | str, kind: str | tuple[str, ...] | None = None) -> Artifact:
+    """Load and check an artifact; `kind` is the kind (or kinds) the caller accepts."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    meta = read_meta(path)
+    got = meta.get("kind")
+    if got not in KINDS:
+        raise ArtifactError(f"{path} is a safetensors file but not an nlp artifact (no kind)")
+    wanted = (kind,) if isinstance(kind, str) else kind
+    if wanted and got not in wanted:
+        raise ArtifactError(
+            f"{path} is a {got} artifact, but a {' or '.join(wanted)} is expected here"
+        )
+    if meta.get("schema") != SCHEMA:
+        raise ArtifactError(
+            f"{path} has schema {meta.get('schema')}, this nlp reads schema {SCHEMA}"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ArtifactError(f"{path} is truncated or damaged: its tensors cannot be read") from e
+    missing = [t for t in REQUIRED_TENSORS[got] if t not in tensors]
+    if missing:
+        raise ArtifactError(f"{path} lacks the tensors {missing} a {got} artifact must have")
+    return Artifact(path=path, kind=got, meta=meta, tensors=tensors, digest=file_digest(path))
+
+
+def load_upstream(artifact: Artifact, role: str, kind: str | tuple[str, ...] | None = None):
+    """Load the artifact `artifact` was made from, checking it has not changed since."""
+    ref = (artifact.meta.get("upstream") or {}).get(role)
+    if not ref:
+        raise ArtifactError(f"{artifact.path} records no {role} it was made from")
+    up_path = Path(ref["path"])
+    if not up_path.exists():
+        raise ArtifactError(
+            f"{artifact.path} was made from {up_path}, which no longer exists"
+        )
+    up = load(up_path, kind)
+    if up.digest != ref["digest"]:
+        raise ArtifactError(
+            f"{up_path} changed after {artifact.path} was made from it (digest mismatch)"
+        )
+    return up
+
+
+def check_compatible(a: Artifact | dict, b: Artifact | dict, what: str) -> None:
+    """Refuse, in one line, two artifacts made for other classes or another CLIP model."""
+    ma = a.meta if isinstance(a, Artifact) else a
+    mb = b.meta if isinstance(b, Artifact) else b
+    ca, cb = ma.get("classnames"), mb.get("classnames")
+    if ca is not None and cb is not None and list(ca) != list(cb):
+        raise ArtifactError(
+            f"{what}: made for other classes ({len(ca)} vs {len(cb)} classes"
+            + (f", e.g. {ca[0]!r} vs {cb[0]!r}" if ca and cb and ca[0] != cb[0] else "")
+            + ")"
+        )
+    da = (ma.get("model") or {}).get("digest")
+    db = (mb.get("model") or {}).get("digest")
+    if da and db and da != db:
+        na = (ma.get("model") or {}).get("name")
+        nb = (mb.get("model") or {}).get("name")
+        raise ArtifactError(f"{what}: made with another CLIP model ({na} vs {nb})")
+
+
+def cached(path: Path, key: str, kind: str) -> bool:
+    """True when `path` already holds a readable artifact of `kind` made with `key`."""
+    if not path.exists():
+        return False
+    try:
+        meta = read_meta(path)
+    except ArtifactError:
+        return False
+    return meta.get("kind") == kind and meta.get("key") == key
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such file")
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a folder, an artifact file is expected")

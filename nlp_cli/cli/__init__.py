@@ -1,0 +1,99 @@
+"""The `nlp` command: one Typer app; each stage is a module in this package with `register(app)`."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+
+import typer
+
+from nlp_cli import __version__
+from nlp_cli.errors import NlpError
+
+# Stages appear in `nlp --help` in pipeline order; a module joins by defining register(app).
+STAGE_ORDER = ["download", "embed", "corrupt", "purify", "train", "eval", "analyze_grad"]
+
+app = typer.Typer(
+    name="nlp",
+    help="Prompt learning on CLIP under noisy labels (NLPrompt, DSPT and baselines).",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"nlp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Prompt learning on CLIP under noisy labels.
+
+    Stages talk through files: each prints the path of the artifact it wrote on stdout,
+    and reads its input from a path argument or from stdin, so they compose in pipes:
+
+        nlp corrupt FEATS --sym 0.5 | nlp purify | nlp train --loss nlprompt | nlp eval
+    """
+
+
+def _stage_modules() -> list[str]:
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    names = [n for n in names if n != "output"]
+    return sorted(names, key=lambda n: (STAGE_ORDER.index(n) if n in STAGE_ORDER else 99, n))
+
+
+for _name in _stage_modules():
+    _module = importlib.import_module(f"{__name__}.{_name}")
+    if hasattr(_module, "register"):
+        _module.register(app)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the app and return its exit code; errors become one `error: …` line on stderr."""
+    debug = os.environ.get("NLP_DEBUG", "") not in ("", "0")
+    try:
+        result = app(args=argv, prog_name="nlp", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except NlpError as e:
+        if debug:
+            raise
+        _error(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as e:
+        # Click's usage errors (vendored by Typer) carry exit_code and format_message.
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            if debug:
+                raise
+            _error(e.format_message())
+            return int(e.exit_code)
+        if type(e).__name__ == "Abort":
+            _error("aborted")
+            return 1
+        if debug:
+            raise
+        _error(f"{type(e).__name__}: {e} (set NLP_DEBUG=1 for the traceback)")
+        return 1
+
+
+def _error(message: str) -> None:
+    line = " ".join(str(message).split())
+    sys.stderr.write(f"error: {line}\n")
+    sys.stderr.flush()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

@@ -1,0 +1,60 @@
+"""The one place that decides what goes to stdout (artifact paths, JSON) and stderr (the rest)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from nlp_cli.errors import UsageError
+
+console = Console(stderr=True, highlight=False)
+
+
+def input_path(arg: Path | None, what: str = "input artifact") -> Path:
+    """The positional path, or else the last non-empty line piped on stdin."""
+    if arg is not None:
+        return Path(arg)
+    stdin = sys.stdin
+    if stdin is None or stdin.closed or stdin.isatty():
+        raise UsageError(f"no {what} given: pass a path, or pipe one in from the previous stage")
+    lines = [line.strip() for line in stdin.read().splitlines() if line.strip()]
+    if not lines:
+        raise UsageError(f"no {what} given: stdin was empty (did the previous stage fail?)")
+    return Path(lines[-1])
+
+
+def emit(path: Path | str, summary: dict[str, Any] | None = None, as_json: bool = False) -> None:
+    """Print the artifact path (or, with --json, a JSON summary holding it) on stdout."""
+    if as_json:
+        print(json.dumps({"path": str(path), **(summary or {})}, default=_jsonable))
+    else:
+        print(str(path))
+    sys.stdout.flush()
+
+
+def emit_json(data: dict[str, Any]) -> None:
+    """Print a JSON object on stdout (for commands whose result is data, not a file)."""
+    print(json.dumps(data, default=_jsonable))
+    sys.stdout.flush()
+
+
+def info(message: str) -> None:
+    """A log line on stderr."""
+    console.print(message)
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr."""
+    console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

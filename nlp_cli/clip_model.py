@@ -1,0 +1,172 @@
+"""One way to get a CLIP model: by OpenAI name, by built-in name, or by checkpoint path."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nlp_cli.errors import ArtifactError, UsageError, did_you_mean
+from nlp_cli.home import models_dir
+
+HAND_TEMPLATE = "a photo of a {}."
+ASSETS = Path(__file__).parent / "assets"
+# Built-in checkpoints shipped inside the package (OpenAI state-dict layout).
+BUILTIN = {"tiny-shapes": ASSETS / "tiny-shapes.pt"}
+
+
+def _clip():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pkg_resources deprecation, raised on import
+        import clip
+    return clip
+
+
+def openai_models() -> dict[str, str]:
+    """OpenAI model name -> download URL, as clip-anytorch knows them."""
+    return dict(_clip().clip._MODELS)
+
+
+def model_file(name: str) -> Path:
+    """Where `nlp download --model NAME` stores an OpenAI checkpoint."""
+    url = openai_models()[name]
+    return models_dir() / Path(url).name
+
+
+def resolve(name_or_path: str) -> Path:
+    """The checkpoint file for a model name or path; one clear error when it is absent."""
+    if name_or_path in BUILTIN:
+        path = BUILTIN[name_or_path]
+        if not path.exists():
+            raise ArtifactError(f"built-in model {name_or_path} is missing from the package ({path})")
+        return path
+    if name_or_path in openai_models():
+        path = model_file(name_or_path)
+        if not path.exists():
+            raise ArtifactError(
+                f"CLIP model {name_or_path} is not downloaded: run "
+                f"`nlp download --model {name_or_path}` or pass a checkpoint path"
+            )
+        return path
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    known = list(BUILTIN) + list(openai_models())
+    raise UsageError(
+        f"unknown CLIP model {name_or_path!r}{did_you_mean(name_or_path, known)}: "
+        f"use one of {', '.join(known)} or a checkpoint path"
+    )
+
+
+@dataclass
+class LoadedClip:
+    """A frozen CLIP model, its image preprocessing and its identity for artifacts."""
+
+    model: Any
+    preprocess: Any
+    identity: dict[str, Any]
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().item())
+
+
+def identity(name_or_path: str, path: Path, model: Any) -> dict[str, Any]:
+    """What artifacts record about the model they belong to."""
+    from nlp_cli.artifacts import file_digest
+
+    name = name_or_path if name_or_path in BUILTIN or name_or_path in openai_models() else path.name
+    return {
+        "name": name,
+        "digest": file_digest(path),
+        "embed_dim": int(model.text_projection.shape[1]),
+        "input_resolution": int(model.visual.input_resolution),
+    }
+
+
+_loaded: dict[tuple[str, str], LoadedClip] = {}
+
+
+def load(name_or_path: str, device: str | torch.device = "cpu") -> LoadedClip:
+    """Load a frozen CLIP (fp32 on CPU) with clip-anytorch's ordinary path."""
+    path = resolve(name_or_path)
+    key = (str(path.resolve()), str(device))
+    if key in _loaded:
+        return _loaded[key]
+    clip = _clip()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, preprocess = clip.load(str(path), device=device, jit=False)
+    except Exception as e:
+        raise ArtifactError(f"{path} is not a loadable CLIP checkpoint ({type(e).__name__})") from e
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    loaded = LoadedClip(model, preprocess, identity(name_or_path, path, model))
+    _loaded[key] = loaded
+    return loaded
+
+
+def tokenize(texts: list[str]) -> torch.Tensor:
+    """CLIP's tokenizer, 77 tokens per text."""
+    return _clip().tokenize(texts)
+
+
+@torch.no_grad()
+def encode_texts(model: Any, texts: list[str]) -> torch.Tensor:
+    """Text features (not normalised) for plain strings."""
+    device = model.text_projection.device
+    return model.encode_text(tokenize(texts).to(device)).float()
+
+
+def hand_prompt_features(model: Any, classnames: list[str], template: str = HAND_TEMPLATE):
+    """L2-normalised zero-shot class prototypes from the hand prompt."""
+    feats = encode_texts(model, [template.format(c.replace("_", " ")) for c in classnames])
+    return feats / feats.norm(dim=-1, keepdim=True)
+
+
+def build_tiny(
+    seed: int = 0,
+    embed_dim: int = 32,
+    image_resolution: int = 32,
+    vision_layers: int = 2,
+    vision_width: int = 64,
+    vision_patch_size: int = 8,
+    transformer_width: int = 64,
+    transformer_layers: int = 2,
+):
+    """A small randomly initialised ViT CLIP, for tests and the offline world.
+
+    Head counts are width // 64 because clip.model.build_model infers them that way when
+    a checkpoint is loaded back; any other count would load as a different function.
+    """
+    clip = _clip()
+    torch.manual_seed(seed)
+    model = clip.model.CLIP(
+        embed_dim=embed_dim,
+        image_resolution=image_resolution,
+        vision_layers=vision_layers,
+        vision_width=vision_width,
+        vision_patch_size=vision_patch_size,
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=transformer_width,
+        transformer_heads=max(1, transformer_width // 64),
+        transformer_layers=transformer_layers,
+    )
+    return model.eval()
+
+
+def save_checkpoint(model: Any, path: Path | str, fp16: bool = True) -> Path:
+    """Save a CLIP state dict in OpenAI's layout, loadable by clip.load(path, jit=False)."""
+    from nlp_cli.artifacts import atomic_path
+
+    state = {k: (v.half() if fp16 and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path

@@ -1,0 +1,97 @@
+"""Shared fixtures: a temporary NLP_HOME, a tiny CLIP checkpoint, synthetic features, a CLI runner."""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from nlp_cli import artifacts, clip_model
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def nlp_home(tmp_path, monkeypatch):
+    home = tmp_path / "nlp-home"
+    monkeypatch.setenv("NLP_HOME", str(home))
+    monkeypatch.delenv("NLP_DEBUG", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A random tiny ViT CLIP saved as an OpenAI-layout fp16 state dict."""
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip.pt"
+    clip_model.save_checkpoint(clip_model.build_tiny(seed=0), path)
+    return path
+
+
+def make_features(
+    path: Path,
+    clip_path: Path,
+    n_classes: int = 5,
+    n_train: int = 20,
+    n_test: int = 10,
+    signal: float = 3.0,
+    seed: int = 0,
+) -> Path:
+    """A features artifact whose image features sit near the hand-prompt text prototypes."""
+    loaded = clip_model.load(str(clip_path))
+    classnames = [f"class {chr(97 + i)}" for i in range(n_classes)]
+    protos = clip_model.hand_prompt_features(loaded.model, classnames)
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    paths = {}
+    for split, n in (("train", n_train), ("val", n_test), ("test", n_test)):
+        labels = torch.arange(n_classes).repeat_interleave(n)
+        noise = torch.randn(len(labels), protos.shape[1], generator=g)
+        noise = noise / noise.norm(dim=1, keepdim=True)
+        tensors[f"{split}.features"] = (signal * protos[labels] + noise).half()
+        tensors[f"{split}.labels"] = labels
+        paths[split] = [f"{classnames[y]}/{split}_{i}.jpg" for i, y in enumerate(labels.tolist())]
+    meta = {
+        "model": loaded.identity,
+        "dataset": "synthetic",
+        "classnames": classnames,
+        "paths": paths,
+        "root": "",
+        "options": {"seed": seed},
+        "upstream": {},
+    }
+    meta["key"] = artifacts.cache_key("features", {}, meta["options"])
+    return artifacts.save(path, "features", tensors, meta)
+
+
+@pytest.fixture
+def features(tmp_path, tiny_clip) -> Path:
+    return make_features(tmp_path / "feats.safetensors", tiny_clip)
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `nlp ARGS` in this process, with optional stdin text; returns code, stdout, stderr."""
+    from nlp_cli.cli import run
+
+    def invoke(*args: str, stdin: str | None = None) -> Result:
+        capsys.readouterr()
+        stream = io.StringIO(stdin if stdin is not None else "")
+        if stdin is None:
+            stream.isatty = lambda: True  # type: ignore[method-assign]
+        monkeypatch.setattr(sys, "stdin", stream)
+        code = run([str(a) for a in args])
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+
+    return invoke

@@ -1,0 +1,81 @@
+"""The stage contract itself: version, help, one-line errors, stdin input, stdout purity."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nlp_cli import __version__
+from nlp_cli.cli import output
+from nlp_cli.errors import UsageError
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert r.code == 0 and r.stdout.strip() == f"nlp {__version__}"
+
+
+def test_help_lists_stages(cli):
+    r = cli("--help")
+    assert r.code == 0 and "Usage" in r.stdout
+
+
+def test_unknown_option_is_one_line_usage_error(cli):
+    r = cli("--no-such-option")
+    assert r.code == 2
+    assert r.stdout == ""
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+
+
+def test_input_path_prefers_argument(monkeypatch):
+    assert output.input_path(Path("a.safetensors")) == Path("a.safetensors")
+
+
+def test_input_path_reads_last_line_of_stdin(monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n/x/first\n/x/labels.safetensors\n\n"))
+    assert output.input_path(None) == Path("/x/labels.safetensors")
+
+
+def test_input_path_empty_stdin_is_usage_error(monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with pytest.raises(UsageError, match="stdin was empty"):
+        output.input_path(None)
+
+
+def test_input_path_terminal_is_usage_error(monkeypatch):
+    import io
+
+    tty = io.StringIO("")
+    tty.isatty = lambda: True
+    monkeypatch.setattr(sys, "stdin", tty)
+    with pytest.raises(UsageError, match="no input artifact given"):
+        output.input_path(None)
+
+
+def test_emit_prints_only_the_path_or_json(capsys):
+    output.emit("/a/b.safetensors", {"n": 3})
+    assert capsys.readouterr().out == "/a/b.safetensors\n"
+    output.emit("/a/b.safetensors", {"n": 3}, as_json=True)
+    import json
+
+    assert json.loads(capsys.readouterr().out) == {"path": "/a/b.safetensors", "n": 3}
+
+
+def test_console_writes_to_stderr(capsys):
+    output.info("progress")
+    output.warn("careful")
+    out = capsys.readouterr()
+    assert out.out == "" and "progress" in out.err and "warning: careful" in out.err
+
+
+def test_real_process_error_has_no_traceback():
+    r = subprocess.run(
+        [sys.executable, "-m", "nlp_cli", "--nope"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
