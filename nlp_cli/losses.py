@@ -1,0 +1,283 @@
+"""Every training loss, registered by name (SPEC §2).
+
+A loss is one decorated function `fn(z, y, clean, **knobs) -> Tensor[B]` of per-sample losses.
+Logits are computed in at least float32 (float16/bfloat16 inputs are upcast; float64 stays).
+
+Conventions chosen where the papers leave room:
+
+* MAE scale: `mae` is `scale · (1 − p_y)` with `scale = 1` by default, the NLPrompt code's
+  convention; `scale = 2` gives the L1 form `Σ_c |onehot_c − p_c| = 2(1 − p_y)` of the paper.
+  `nlprompt` uses `1 − p_y` on its noisy samples, as the NLPrompt code does.
+* `logitclip` clips the logit vector to L2 norm τ, `z · min(1, τ/‖z‖)` (the LogitClip paper's
+  definition); the public DSPT code rescales to `1/τ` instead, which is the same family with
+  τ ↦ 1/τ. Default τ = 10: a vector of norm τ can still hold a margin of about τ, so
+  p_y up to about `e^τ/(e^τ + C − 1)`.
+* `square` ("square normalization", DSPT Table 3): `‖s · z/‖z‖₂ − onehot_y‖²₂`, a squared error
+  between the L2-normalised logits (times a scale s, default 1) and the one-hot label.
+* `select` keeps only samples whose prediction agrees with their label (argmax z = y): its
+  per-sample loss is CE for kept samples and 0 for dropped ones, and its batch loss is the mean
+  over kept samples (0, with a zero gradient, when none is kept).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nlp_cli.errors import UsageError, did_you_mean
+
+# Added to ‖z‖ before dividing by it (logitnorm, square), as LogitNorm's public code does, so an
+# all-zero logit vector stays finite.
+NORM_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: its per-sample function, default knobs and what it needs."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    defaults: dict[str, float] = field(default_factory=dict)
+    needs_partition: bool = False
+    doc: str = ""
+    # Which samples count in the batch mean (None: all of them).
+    keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+
+_REGISTRY: dict[str, LossSpec] = {}
+
+# Valid range of each knob: (low, high, low inclusive, high inclusive).
+_KNOB_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "q": (0.0, 1.0, False, True),
+    "eps": (0.0, 1.0, True, True),
+    "tau": (0.0, math.inf, False, False),
+    "beta": (0.0, 1.0, True, True),
+    "scale": (0.0, math.inf, False, False),
+}
+
+
+def register(
+    name: str,
+    needs_partition: bool = False,
+    keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    **defaults: float,
+) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Decorator adding a per-sample loss function to the registry under `name`."""
+
+    def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if name in _REGISTRY:
+            raise ValueError(f"loss {name!r} is registered twice")
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        _REGISTRY[name] = LossSpec(name, fn, dict(defaults), needs_partition, doc, keep)
+        return fn
+
+    return wrap
+
+
+def list_losses() -> list[str]:
+    """Names of all registered losses, in registration order."""
+    return list(_REGISTRY)
+
+
+def get(name: str) -> LossSpec:
+    """The registered loss called `name`; UsageError for an unknown name."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown loss {name!r}{did_you_mean(name, list(_REGISTRY))}: "
+            f"choose from {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def resolve_knobs(name: str, **knobs: Any) -> dict[str, float]:
+    """The loss's defaults overridden by `knobs`; UsageError for unknown or out-of-range knobs."""
+    spec = get(name)
+    unknown = [k for k in knobs if k not in spec.defaults]
+    if unknown:
+        have = ", ".join(spec.defaults) or "none"
+        raise UsageError(f"loss {name!r} has no knob {unknown[0]!r} (its knobs: {have})")
+    out = dict(spec.defaults)
+    for k, v in knobs.items():
+        if v is None:
+            continue
+        try:
+            value = float(v)
+        except (TypeError, ValueError):
+            raise UsageError(f"loss {name!r}: knob {k} must be a number, got {v!r}") from None
+        lo, hi, lo_in, hi_in = _KNOB_RANGES[k]
+        ok = (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
+        if not ok:
+            interval = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+            raise UsageError(f"loss {name!r}: knob {k} must lie in {interval}, got {value:g}")
+        out[k] = value
+    return out
+
+
+def per_sample_loss(
+    name: str,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    clean: torch.Tensor | None = None,
+    **knobs: Any,
+) -> torch.Tensor:
+    """Per-sample losses [B] of `name` (0 for samples the loss drops, e.g. `select`)."""
+    spec = get(name)
+    params = resolve_knobs(name, **knobs)
+    z, y, clean = _check_inputs(spec, logits, labels, clean)
+    loss = spec.fn(z, y, clean, **params)
+    if spec.keep is not None:
+        loss = loss * spec.keep(z, y).to(loss.dtype)
+    return loss
+
+
+def batch_loss(
+    name: str,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    clean: torch.Tensor | None = None,
+    **knobs: Any,
+) -> torch.Tensor:
+    """The scalar to backpropagate: mean per-sample loss over the samples that count."""
+    spec = get(name)
+    loss = per_sample_loss(name, logits, labels, clean, **knobs)
+    if spec.keep is None:
+        return loss.mean()
+    n_kept = spec.keep(logits.detach(), labels).sum()
+    return loss.sum() / n_kept.clamp(min=1).to(loss.dtype)
+
+
+def _check_inputs(
+    spec: LossSpec, logits: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be [B, C] with C >= 2, got {tuple(logits.shape)}")
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"labels must be [B] = [{logits.shape[0]}], got {tuple(labels.shape)}")
+    z = logits if logits.dtype == torch.float64 else logits.float()
+    y = labels.long()
+    if spec.needs_partition:
+        if clean is None:
+            raise UsageError(
+                f"loss {spec.name!r} needs a clean/noisy partition: pipe the label set through "
+                "`nlp purify` first"
+            )
+        if clean.shape != labels.shape:
+            raise ValueError(f"clean must be [B] = [{labels.shape[0]}], got {tuple(clean.shape)}")
+        clean = clean.bool()
+    return z, y, clean
+
+
+def _pick(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return t.gather(1, y[:, None])[:, 0]
+
+
+def _soft_ce(log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * log_p).sum(dim=1)
+
+
+def _l2_normalise(z: torch.Tensor) -> torch.Tensor:
+    return z / (torch.linalg.vector_norm(z, dim=1, keepdim=True) + NORM_EPS)
+
+
+@register("ce")
+def ce(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy −log p_y (CoOp)."""
+    return -_pick(F.log_softmax(z, dim=1), y)
+
+
+@register("mae", scale=1.0)
+def mae(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Mean absolute error scale·(1 − p_y); scale 1 = NLPrompt code, 2 = Σ|onehot − p|."""
+    return scale * (1.0 - _pick(F.softmax(z, dim=1), y))
+
+
+@register("gce", q=0.7)
+def gce(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, q: float) -> torch.Tensor:
+    """Generalised cross-entropy (1 − p_y^q)/q."""
+    # p_y^q through exp(q·log p_y) stays finite and differentiable when p_y underflows.
+    return (1.0 - torch.exp(q * _pick(F.log_softmax(z, dim=1), y))) / q
+
+
+@register("dsoftmax")
+def dsoftmax(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+    """Double-softmax cross-entropy −log softmax(softmax(z))_y (DSPT)."""
+    return -_pick(F.log_softmax(F.softmax(z, dim=1), dim=1), y)
+
+
+@register("ls", eps=0.2)
+def ls(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Label smoothing: CE against (1 − ε)·onehot + ε/C."""
+    n_cls = z.shape[1]
+    target = torch.full_like(z, eps / n_cls)
+    target.scatter_add_(1, y[:, None], torch.full_like(z[:, :1], 1.0 - eps))
+    return _soft_ce(F.log_softmax(z, dim=1), target)
+
+
+@register("logitnorm", tau=1.0)
+def logitnorm(
+    z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, tau: float
+) -> torch.Tensor:
+    """LogitNorm: CE(z / (τ(‖z‖₂ + 1e-7)), y)."""
+    return ce(_l2_normalise(z) / tau, y, clean)
+
+
+@register("logitclip", tau=10.0)
+def logitclip(
+    z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, tau: float
+) -> torch.Tensor:
+    """LogitClip: CE on z clipped to L2 norm ≤ τ, z·min(1, τ/‖z‖₂)."""
+    # τ / max(‖z‖, τ) is exactly min(1, τ/‖z‖) and needs no guard at z = 0.
+    norm = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+    return ce(z * (tau / torch.clamp(norm, min=tau)), y, clean)
+
+
+@register("nce")
+def nce(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+    """Normalised cross-entropy (−log p_y) / (−Σ_k log p_k)."""
+    log_p = F.log_softmax(z, dim=1)
+    # The denominator is at least C·log C > 0 (its minimum is at the uniform p).
+    return _pick(log_p, y) / log_p.sum(dim=1)
+
+
+@register("bootstrap", beta=0.95)
+def bootstrap(
+    z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, beta: float
+) -> torch.Tensor:
+    """Soft bootstrapping: CE against β·onehot + (1 − β)·p, p detached."""
+    log_p = F.log_softmax(z, dim=1)
+    target = (1.0 - beta) * log_p.detach().exp()
+    target = target.scatter_add(1, y[:, None], torch.full_like(z[:, :1], beta))
+    return _soft_ce(log_p, target)
+
+
+@register("square", scale=1.0)
+def square(
+    z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """Square normalization: ‖s·z/(‖z‖₂ + 1e-7) − onehot_y‖²₂."""
+    u = scale * _l2_normalise(z)
+    onehot = F.one_hot(y, z.shape[1]).to(z.dtype)
+    return ((u - onehot) ** 2).sum(dim=1)
+
+
+def _agrees(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return z.argmax(dim=1) == y
+
+
+@register("select", keep=_agrees)
+def select(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+    """Naive selection: CE on samples with argmax z = y; the others are dropped."""
+    return ce(z, y, clean)
+
+
+@register("nlprompt", needs_partition=True)
+def nlprompt(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+    """NLPrompt: CE on clean samples, 1 − p_y (MAE) on noisy ones."""
+    log_py = _pick(F.log_softmax(z, dim=1), y)
+    return torch.where(clean, -log_py, 1.0 - log_py.exp())
