@@ -1,0 +1,239 @@
+"""Gradient statistics: how hard each loss pushes on correctly and wrongly labelled samples.
+
+The gradient mass of a sample is Σ_i |∂ℓ/∂z_i|, the L1 norm of the gradient of that sample's
+own loss with respect to its own logits (DSPT Fig. 3/7). For CE it is Σ|p − onehot_y| =
+2(1 − p_y), so a confidently wrong prediction pushes with mass near 2; the double softmax
+suppresses it towards 0 (DSPT Theorem 3.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nlp_cli import artifacts, clip_model, losses
+from nlp_cli.errors import ArtifactError, NlpError, UsageError
+from nlp_cli.prompt import PromptLearner, plain_text_features
+
+GROUPS = ("clean", "noisy")
+STAT_KEYS = ("n", "mean", "median", "p90", "max")
+
+
+def grad_mass(
+    loss: str,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    clean: torch.Tensor | None = None,
+    **knobs: Any,
+) -> torch.Tensor:
+    """Per-sample Σ_i |∂ℓ_b/∂z_bi| in float64, ℓ_b the per-sample loss of sample b."""
+    z = logits.detach().double().requires_grad_(True)
+    per = losses.per_sample_loss(loss, z, labels, clean, **knobs)
+    # Each ℓ_b depends only on row b of z, so one backward of Σ_b ℓ_b yields every row's gradient.
+    (grad,) = torch.autograd.grad(per.sum(), z)
+    return grad.abs().sum(dim=1)
+
+
+def summarize(values: torch.Tensor) -> dict[str, float | int | None]:
+    """n, mean, median, 90th percentile and max (linear interpolation); None when empty."""
+    v = values.detach().double().flatten()
+    if v.numel() == 0:
+        return {"n": 0, "mean": None, "median": None, "p90": None, "max": None}
+    return {
+        "n": int(v.numel()),
+        "mean": float(v.mean()),
+        "median": float(torch.quantile(v, 0.5)),
+        "p90": float(torch.quantile(v, 0.9)),
+        "max": float(v.max()),
+    }
+
+
+@dataclass
+class GradStats:
+    """Gradient masses per loss, and which samples carry their true label."""
+
+    masses: dict[str, torch.Tensor]
+    correct: torch.Tensor
+
+    def groups(self, loss: str) -> dict[str, torch.Tensor]:
+        """The masses of one loss split into correctly ("clean") and wrongly ("noisy") labelled."""
+        m = self.masses[loss]
+        return {"clean": m[self.correct], "noisy": m[~self.correct]}
+
+    def summary(self) -> dict[str, dict[str, dict[str, float | int | None]]]:
+        """{loss: {"clean": stats, "noisy": stats}}, the command's JSON result."""
+        return {
+            name: {g: summarize(v) for g, v in self.groups(name).items()} for name in self.masses
+        }
+
+
+def gradient_stats(
+    loss_names: list[str],
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    true_labels: torch.Tensor,
+    clean: torch.Tensor | None = None,
+    knobs: dict[str, dict[str, Any]] | None = None,
+) -> GradStats:
+    """Gradient masses of each loss at these logits, grouped by labels == true_labels."""
+    knobs = knobs or {}
+    masses = {
+        name: grad_mass(name, logits, labels, clean, **knobs.get(name, {})) for name in loss_names
+    }
+    return GradStats(masses=masses, correct=(labels == true_labels))
+
+
+def histogram(
+    values: torch.Tensor, bins: int, lo: float, hi: float
+) -> tuple[list[int], list[float]]:
+    """Counts over `bins` equal bins of [lo, hi] (the last bin closed) and the bin edges."""
+    hi = hi if hi > lo else lo + 1.0
+    v = values.detach().double().clamp(lo, hi)
+    idx = ((v - lo) / (hi - lo) * bins).floor().long().clamp(0, bins - 1)
+    counts = torch.bincount(idx, minlength=bins).tolist()
+    edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
+    return counts, edges
+
+
+@dataclass
+class AnalysisInput:
+    """Logits of a label set's samples at some prompt, their labels and, if known, a partition."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    true_labels: torch.Tensor
+    clean: torch.Tensor | None
+    labelset: artifacts.Artifact
+    features: artifacts.Artifact
+    prompt: artifacts.Artifact | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model_for(features: artifacts.Artifact, model: str | None = None) -> clip_model.LoadedClip:
+    """The CLIP model a features artifact was made with (`model` overrides the recorded name)."""
+    recorded = features.model
+    name = model or recorded.get("name")
+    if not name:
+        raise ArtifactError(f"{features.path} records no CLIP model: pass --model")
+    try:
+        loaded = clip_model.load(name)
+    except UsageError:
+        if model:
+            raise
+        raise UsageError(
+            f"{features.path} was made with CLIP model {name!r}, which is not a known name: "
+            "pass its checkpoint with --model PATH"
+        ) from None
+    artifacts.check_compatible(
+        {"model": loaded.identity}, features.meta, f"model {name} and {features.path}"
+    )
+    return loaded
+
+
+def load_prompt_learner(
+    prompt: artifacts.Artifact, loaded: clip_model.LoadedClip, classnames: list[str]
+) -> PromptLearner:
+    """A PromptLearner rebuilt from a prompt file's metadata and `ctx` tensor."""
+    cfg = prompt.meta.get("prompt")
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{prompt.path} records no prompt configuration (meta 'prompt')")
+    ctx = prompt.tensors["ctx"]
+    try:
+        learner = PromptLearner(
+            loaded.model,
+            classnames,
+            n_ctx=int(cfg.get("n_ctx", ctx.shape[-2])),
+            ctx_init=cfg.get("ctx_init") or None,
+            csc=bool(cfg.get("csc", False)),
+            position=str(cfg.get("position", "end")),
+        )
+    except ValueError as e:
+        raise ArtifactError(f"{prompt.path}: bad prompt configuration ({e})") from e
+    if tuple(learner.ctx.shape) != tuple(ctx.shape):
+        raise ArtifactError(
+            f"{prompt.path}: ctx has shape {tuple(ctx.shape)}, its configuration implies "
+            f"{tuple(learner.ctx.shape)}"
+        )
+    with torch.no_grad():
+        learner.ctx.copy_(ctx.to(learner.ctx.dtype))
+    return learner
+
+
+def prepare(
+    labels_path: Path,
+    prompt_path: Path | None = None,
+    model: str | None = None,
+) -> AnalysisInput:
+    """Load a label set (or partition) and compute its train samples' logits at a prompt."""
+    ls = artifacts.load(labels_path, ("labelset", "partition"))
+    feats = artifacts.load_upstream(ls, "features", "features")
+    artifacts.check_compatible(ls, feats, f"{ls.path} and its features {feats.path}")
+    classnames = feats.classnames
+    index = ls.tensors["index"].long()
+    train = feats.tensors["train.features"]
+    if len(index) and (int(index.min()) < 0 or int(index.max()) >= train.shape[0]):
+        raise ArtifactError(f"{ls.path}: its index points outside {feats.path}'s train split")
+    loaded = load_model_for(feats, model)
+    prompt = None
+    with torch.no_grad():
+        if prompt_path is None:
+            text = clip_model.hand_prompt_features(loaded.model, classnames)
+        else:
+            prompt = artifacts.load(prompt_path, "prompt")
+            artifacts.check_compatible(prompt, feats, f"{prompt.path} and {feats.path}")
+            learner = load_prompt_learner(prompt, loaded, classnames)
+            text = plain_text_features(loaded.model, learner)
+        text = text.float()
+        text = text / text.norm(dim=-1, keepdim=True)
+        image = train[index].float()
+        image = image / image.norm(dim=-1, keepdim=True)
+        logits = loaded.logit_scale * image @ text.T
+    clean = ls.tensors["clean"].bool() if ls.kind == "partition" else None
+    return AnalysisInput(
+        logits=logits,
+        labels=ls.tensors["labels"].long(),
+        true_labels=ls.tensors["true_labels"].long(),
+        clean=clean,
+        labelset=ls,
+        features=feats,
+        prompt=prompt,
+        info={"logit_scale": loaded.logit_scale, "model": loaded.identity},
+    )
+
+
+def require_matplotlib() -> None:
+    """Fail in one line, before any work, when matplotlib (the `plot` extra) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise NlpError(
+            "--plot needs matplotlib, which is not installed: pip install 'nlp-cli[plot]'"
+        ) from None
+
+
+def plot_histograms(stats: GradStats, path: Path, bins: int = 30) -> Path:
+    """Save the clean/noisy gradient-mass histograms of every loss as a PNG (needs matplotlib)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(stats.masses)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        hi = max(float(stats.masses[name].max()) if stats.masses[name].numel() else 1.0, 1e-12)
+        for group, values in stats.groups(name).items():
+            if values.numel():
+                ax.hist(values.numpy(), bins=bins, range=(0.0, hi), alpha=0.6, label=group)
+        ax.set_title(name)
+        ax.set_xlabel("Σ|∂L/∂z|")
+        ax.legend()
+    fig.tight_layout()
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
