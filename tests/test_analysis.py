@@ -295,3 +295,10 @@ def test_cli_plot_without_matplotlib_is_one_line(cli, tmp_path, features, tiny_c
     r = cli("analyze-grad", ls, "--model", tiny_clip, "--plot", tmp_path / "g.png")
     assert r.code == 1 and "matplotlib" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "g.png").exists()
+
+
+def test_cli_refuses_another_clip_model(cli, tmp_path, features):
+    ls, _, _ = _labelset(tmp_path, features)
+    other = clip_model.save_checkpoint(clip_model.build_tiny(seed=1), tmp_path / "other.pt")
+    r = cli("analyze-grad", ls, "--model", other)
+    assert r.code == 1 and "another CLIP model" in r.stderr and r.stderr.count("\n") == 1
