@@ -81,6 +81,7 @@ def identity(name_or_path: str, path: Path, model: Any) -> dict[str, Any]:
     name = name_or_path if name_or_path in BUILTIN or name_or_path in openai_models() else path.name
     return {
         "name": name,
+        "path": str(path.resolve()),
         "digest": file_digest(path),
         "embed_dim": int(model.text_projection.shape[1]),
         "input_resolution": int(model.visual.input_resolution),
@@ -109,6 +110,37 @@ def load(name_or_path: str, device: str | torch.device = "cpu") -> LoadedClip:
     loaded = LoadedClip(model, preprocess, identity(name_or_path, path, model))
     _loaded[key] = loaded
     return loaded
+
+
+def load_for(meta: dict[str, Any], override: str | None = None, device="cpu") -> LoadedClip:
+    """The CLIP model an artifact was made with: by its recorded name, else its recorded path.
+
+    `override` (a name or path) replaces the recorded one and must have the same digest.
+    """
+    recorded = meta.get("model") or {}
+    candidates = [override] if override else [recorded.get("name"), recorded.get("path")]
+    candidates = [c for c in candidates if c]
+    if not candidates:
+        raise ArtifactError("the artifact records no CLIP model: pass --model NAME_OR_PATH")
+    last: Exception | None = None
+    for cand in candidates:
+        try:
+            loaded = load(cand, device)
+        except (UsageError, ArtifactError) as e:
+            last = e
+            continue
+        want = recorded.get("digest")
+        if want and loaded.identity["digest"] != want:
+            raise ArtifactError(
+                f"CLIP model {cand} differs from the one the artifact was made with "
+                f"({recorded.get('name')}): pass the right one with --model"
+            )
+        return loaded
+    name = recorded.get("name") or "?"
+    raise ArtifactError(
+        f"cannot find the CLIP model {name} the artifact was made with ({last}); "
+        "pass it with --model NAME_OR_PATH"
+    )
 
 
 def tokenize(texts: list[str]) -> torch.Tensor:
