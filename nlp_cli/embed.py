@@ -73,10 +73,12 @@ def rrc_params(
 ) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop.get_params, drawing from generator `g`: (top, left, h, w)."""
     area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    # Same float32 arithmetic as torchvision, so a seeded generator gives the same crops.
+    log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):
         target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=g).item()
-        aspect = math.exp(torch.empty(1).uniform_(*log_ratio, generator=g).item())
+        r = torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=g)
+        aspect = torch.exp(r).item()
         w = int(round(math.sqrt(target * aspect)))
         h = int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:

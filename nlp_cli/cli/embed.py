@@ -11,13 +11,17 @@ from nlp_cli.cli import output
 from nlp_cli.errors import UsageError
 
 
-def _init_distributed(device: str) -> None:
-    """Join the torchrun process group when launched with WORLD_SIZE > 1."""
+def _init_distributed(device: str) -> bool:
+    """Join the torchrun process group when launched with WORLD_SIZE > 1; True if joined here."""
     import torch
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        torch.distributed.init_process_group(backend)
+        if device.startswith("cuda"):
+            # One GPU per rank: cuda becomes cuda:<LOCAL_RANK>.
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return True
+    return False
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +43,9 @@ def register(app: typer.Typer) -> None:
         skip_bad: bool = typer.Option(
             False, "--skip-bad", help="Leave out undecodable images (listed in the metadata)."
         ),
+        shard_size: int = typer.Option(
+            1024, "--shard-size", help="Images per resumable shard (and per rank under torchrun)."
+        ),
         root: Path | None = typer.Option(
             None, "--root", help="Where catalog datasets live (default: NLP_HOME/data)."
         ),
@@ -52,12 +59,16 @@ def register(app: typer.Typer) -> None:
         from nlp_cli.embed import EmbedOptions
         from nlp_cli.embed import embed as run_embed
 
-        if batch_size < 1 or workers < 0 or views < 0:
-            raise UsageError("--batch-size must be ≥ 1, --workers and --views ≥ 0")
+        if batch_size < 1 or shard_size < 1 or workers < 0 or views < 0:
+            raise UsageError("--batch-size and --shard-size must be ≥ 1, --workers and --views ≥ 0")
         ds = datasets.load(dataset, root)
         for note in ds.notes:
             output.warn(note)
-        _init_distributed(device)
+        joined = _init_distributed(device)
+        if joined and device == "cuda":
+            import torch
+
+            device = f"cuda:{torch.cuda.current_device()}"
         opts = EmbedOptions(
             views=views,
             seed=seed,
@@ -65,9 +76,16 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             workers=workers,
             device=device,
+            shard_size=shard_size,
         )
-        with _Bar() as bar:
-            result = run_embed(ds, model, opts, out, on_progress=bar.update)
+        try:
+            with _Bar() as bar:
+                result = run_embed(ds, model, opts, out, on_progress=bar.update)
+        finally:
+            if joined:
+                import torch
+
+                torch.distributed.destroy_process_group()
         if result is None:  # another rank writes the artifact
             return
         if result.cache_hit:
