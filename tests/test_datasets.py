@@ -194,7 +194,7 @@ def test_download_from_mini(cli, tmp_path, name, src, counts, first):
     assert sorted(p.name for p in (MINI / src).iterdir()) == before
     assert cli("download", name, "--from", MINI / src, "--root", tmp_path).code == 0
     r = cli("download", "--list", "--json", "--root", tmp_path)
-    present = {d["name"]: d["present"] for d in json.loads(r.stdout)["datasets"]}
+    present = {d["name"]: d["present"] for d in json.loads(r.stdout)}
     assert present[name] and not present["dtd"]
 
 

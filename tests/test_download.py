@@ -396,3 +396,33 @@ def test_download_model_checks_sha256(cli, server, monkeypatch, nlp_home):
     assert r.code == 1 and "checksum mismatch" in r.stderr
     r = cli("download", "--model", "Tinny")
     assert r.code == 2 and "did you mean 'Tiny'" in r.stderr
+
+
+def test_cifar10_pickles_become_pngs_and_a_split(server, tmp_path):
+    import pickle
+
+    import numpy as np
+
+    def batch(n: int, offset: int) -> bytes:
+        rng = np.random.default_rng(offset)
+        return pickle.dumps(
+            {
+                b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                b"labels": [(offset + i) % 10 for i in range(n)],
+                b"filenames": [f"img_{offset + i}.png".encode() for i in range(n)],
+            }
+        )
+
+    members = {f"cifar-10-batches-py/data_batch_{k}": batch(4, 10 * k) for k in range(1, 6)}
+    members["cifar-10-batches-py/test_batch"] = batch(3, 100)
+    spec = local(datasets.get("cifar10"), server, {"cifar-10-python.tar.gz": targz(members)})
+    folder, _ = dl.fetch_dataset(spec, tmp_path / "root", progress=False)
+    ds = spec.load(folder)
+    assert [len(ds.paths[s]) for s in ("train", "val", "test")] == [20, 0, 3]
+    assert ds.paths["test"][0] == "test/airplane/img_100.png"
+    assert ds.classnames[:3] == ["airplane", "automobile", "bird"]
+    with Image.open(ds.root / ds.paths["train"][0]) as im:
+        assert im.size == (32, 32)
+    first = np.asarray(pickle.loads(members["cifar-10-batches-py/data_batch_1"])[b"data"][0])
+    with Image.open(ds.root / ds.paths["train"][0]) as im:
+        assert np.array_equal(np.asarray(im).transpose(2, 0, 1).reshape(-1), first)

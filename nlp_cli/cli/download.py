@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
                     }
                 )
             if as_json:
-                output.emit_json({"datasets": rows})
+                output.emit_json(rows)  # type: ignore[arg-type]  # documented as a JSON list
                 return
             from rich.table import Table
 

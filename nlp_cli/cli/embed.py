@@ -103,13 +103,18 @@ class _Bar:
 
         self.progress = Progress(console=output.console, transient=True)
         self.task = None
-        self.progress.start()
+        self.live = output.console.is_terminal
+        if self.live:
+            self.progress.start()
         return self
 
     def update(self, done: int, total: int) -> None:
+        if not self.live:
+            return
         if self.task is None:
             self.task = self.progress.add_task("embedding", total=total)
         self.progress.update(self.task, completed=done, total=total)
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()

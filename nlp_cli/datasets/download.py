@@ -64,12 +64,15 @@ def _progress(enabled: bool, total: int | None, done: int, label: str):
         TransferSpeedColumn,
     )
 
+    console = Console(stderr=True)
+    if not console.is_terminal:  # logs and pipes get no bar (and no stray blank line)
+        return None
     prog = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
     )
     prog.start()
