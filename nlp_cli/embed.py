@@ -288,10 +288,13 @@ def embed(
     )
     stem = f"{ds.name}-{loaded.identity['name']}".replace("/", "-")
     out = Path(out) if out is not None else artifacts.default_out("features", stem, key)
-    counts = {s: len(ds.paths[s]) for s in ds.splits()}
     rank, world = _dist()
     if artifacts.cached(out, key, "features"):
-        return EmbedResult(out, True, counts) if rank == 0 else None
+        if rank != 0:
+            return None
+        meta = artifacts.read_meta(out)
+        counts = {s: len(p) for s, p in meta["paths"].items() if p}
+        return EmbedResult(out, True, counts, meta.get("skipped") or {})
     work = out.parent / f".{out.name}.{key}.work"
     encode_shards(ds, loaded, opts, work, on_progress)
     if world > 1:

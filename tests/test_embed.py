@@ -93,10 +93,11 @@ def test_random_resized_crop_matches_torchvision(size, seed):
         seed += 100
 
 
+@pytest.mark.slow
 def test_views_are_seeded_and_independent_of_batching(user_data, tiny_clip, tmp_path):
     ds = datasets.load(str(user_data))
     a = embed(ds, str(tiny_clip), EmbedOptions(views=2, batch_size=1), tmp_path / "a.st")
-    b = embed(ds, str(tiny_clip), EmbedOptions(views=2, batch_size=4), tmp_path / "b.st")
+    b = embed(ds, str(tiny_clip), EmbedOptions(views=2, batch_size=4, workers=2), tmp_path / "b.st")
     c = embed(ds, str(tiny_clip), EmbedOptions(views=2, seed=5), tmp_path / "c.st")
     va, vb, vc = (artifacts.load(r.path).tensors for r in (a, b, c))
     assert va["train.views"].shape == (2, 10, 32)

@@ -62,6 +62,7 @@ class DatasetSpec:
     build: Callable[[Path, int], Split] | None = None
     prepare: Callable[[Path], None] | None = None
     note: str = ""
+    required: tuple[str, ...] = ()  # further folders the images live in (when image_dir is "")
     generate: Callable[[Path, int], Path] | None = field(default=None, compare=False)
 
     def present(self, folder: Path) -> bool:
@@ -69,6 +70,8 @@ class DatasetSpec:
         if self.generate is not None:
             return folder.is_dir() and any(folder.glob("split*.json"))
         if self.image_dir and not (folder / self.image_dir).is_dir():
+            return False
+        if not all((folder / r).is_dir() for r in self.required):
             return False
         if self.split_file and (folder / self.split_file).is_file():
             return True
@@ -411,7 +414,7 @@ CATALOG: dict[str, DatasetSpec] = {
             "split_zhou_Caltech101.json",
             (
                 Source(
-                    "https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip",
+                    "https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip?download=1",
                     "caltech-101.zip",
                     strip="caltech-101/",
                     inner=("101_ObjectCategories.tar.gz",),
@@ -494,6 +497,7 @@ CATALOG: dict[str, DatasetSpec] = {
             ),
             "Stanford Cars: 196 car models",
             build=_build_cars,
+            required=("cars_train", "cars_test"),
             note=(
                 "the official ai.stanford.edu URLs are dead; get cars_train/, cars_test/, devkit/ "
                 "(e.g. Kaggle 'jessicali9530/stanford-cars-dataset') and use --from"

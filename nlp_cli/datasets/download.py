@@ -258,11 +258,11 @@ def adopt(spec: DatasetSpec, src: Path, folder: Path) -> None:
     src = Path(src).expanduser()
     if not src.is_dir():
         raise UsageError(f"--from {src}: no such folder")
-    if spec.image_dir and not (src / spec.image_dir).is_dir():
-        raise UsageError(
-            f"--from {src} is not a {spec.name} folder in CoOp's layout: "
-            f"{spec.image_dir}/ is missing"
-        )
+    for needed in [spec.image_dir, *spec.required]:
+        if needed and not (src / needed).is_dir():
+            raise UsageError(
+                f"--from {src} is not a {spec.name} folder in CoOp's layout: {needed}/ is missing"
+            )
     src = src.resolve()
     if folder.exists() and folder.resolve() == src:
         return
