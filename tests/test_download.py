@@ -19,6 +19,8 @@ from nlp_cli import datasets
 from nlp_cli.datasets import download as dl
 from nlp_cli.errors import NlpError
 
+SPLIT3 = ("train", "val", "test")
+
 
 class Server:
     """Files by URL path; optional cut-off of the first response; records Range headers."""
@@ -426,3 +428,37 @@ def test_cifar10_pickles_become_pngs_and_a_split(server, tmp_path):
     first = np.asarray(pickle.loads(members["cifar-10-batches-py/data_batch_1"])[b"data"][0])
     with Image.open(ds.root / ds.paths["train"][0]) as im:
         assert np.array_equal(np.asarray(im).transpose(2, 0, 1).reshape(-1), first)
+
+
+def test_oxford_pets_two_archives_and_coop_trainval_cut(server, tmp_path):
+    stems = [f"Abyssinian_{i}" for i in range(1, 11)] + [
+        f"great_pyrenees_{i}" for i in range(1, 11)
+    ]
+    images = {f"images/{s}.jpg": jpeg() for s in stems}
+    rows = [f"{s} {1 if s.startswith('A') else 2} 1 1" for s in stems]
+    annotations = {
+        "annotations/trainval.txt": "\n".join(rows[:5] + rows[10:15]).encode(),
+        "annotations/test.txt": "\n".join(rows[5:10] + rows[15:]).encode(),
+    }
+    files = {"images.tar.gz": targz(images), "annotations.tar.gz": targz(annotations)}
+    spec = local(datasets.get("oxford_pets"), server, files)
+    folder, notes = dl.fetch_dataset(spec, tmp_path / "root", progress=False)
+    assert any("regenerat" in n for n in notes)
+    ds = spec.load(folder)
+    assert ds.classnames == ["abyssinian", "great_pyrenees"]
+    # CoOp's split_trainval: round(5 * 0.2) = 1 image per class to val
+    assert [len(ds.paths[s]) for s in ("train", "val", "test")] == [8, 2, 10]
+
+
+def test_ucf101_midframes_zip(server, tmp_path):
+    members = {f"UCF-101-midframes/Yo_Yo/v_YoYo_g0{i}_c01.jpg": jpeg() for i in range(1, 4)}
+    split = {s: [[f"Yo_Yo/v_YoYo_g0{i}_c01.jpg", 0, "Yo_Yo"]] for i, s in enumerate(SPLIT3, 1)}
+    files = {
+        "UCF-101-midframes.zip": zipped(members),
+        "split_zhou_UCF101.json": json.dumps(split).encode(),
+    }
+    spec = local(datasets.get("ucf101"), server, files)
+    folder, _ = dl.fetch_dataset(spec, tmp_path / "root", progress=False)
+    ds = spec.load(folder)
+    assert ds.classnames == ["Yo_Yo"] and ds.paths["test"] == ["Yo_Yo/v_YoYo_g03_c01.jpg"]
+    assert (ds.root / ds.paths["test"][0]).is_file()
