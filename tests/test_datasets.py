@@ -327,3 +327,11 @@ def test_adopt_refuses_a_foreign_existing_folder(tmp_path):
     (tmp_path / "root" / "eurosat" / "mine.txt").write_text("x")
     with pytest.raises(NlpError, match="remove it first"):
         dl.adopt(datasets.get("eurosat"), src, tmp_path / "root" / "eurosat")
+
+
+@needs_mini
+def test_coop_folder_name_works_as_a_catalog_name(tmp_path):
+    dl.fetch_dataset(datasets.get("caltech101"), tmp_path, MINI / "caltech-101")
+    assert datasets.load("caltech-101", tmp_path).name == "caltech101"
+    with pytest.raises(UsageError, match="did you mean 'eurosat'"):
+        datasets.load("eurosta", tmp_path)

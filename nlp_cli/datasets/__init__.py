@@ -59,15 +59,24 @@ def list_datasets() -> list[str]:
     return list(CATALOG)
 
 
-def get(name: str) -> DatasetSpec:
-    """The catalog entry for `name`; a usage error with a suggestion when unknown."""
+def _lookup(name: str) -> DatasetSpec | None:
     key = name.lower().replace("-", "_")
     if key in CATALOG:
         return CATALOG[key]
-    for spec in CATALOG.values():
-        if name == spec.folder:
-            return spec
-    raise UsageError(
+    return next((s for s in CATALOG.values() if name == s.folder), None)
+
+
+def get(name: str) -> DatasetSpec:
+    """The catalog entry for `name` (or its CoOp folder name); a usage error when unknown."""
+    spec = _lookup(name)
+    if spec is None:
+        raise _unknown(name)
+    return spec
+
+
+def _unknown(name: str) -> UsageError:
+    key = name.lower().replace("-", "_")
+    return UsageError(
         f"unknown dataset {name!r}{did_you_mean(key, list(CATALOG))}: "
         f"known are {', '.join(CATALOG)} (or pass a folder or CSV of your own)"
     )
@@ -78,10 +87,9 @@ def resolve(name_or_path: str, root: Path | None = None) -> tuple[DatasetSpec | 
     from nlp_cli.home import data_dir
 
     root = Path(root) if root is not None else data_dir()
-    key = name_or_path.lower().replace("-", "_")
     path = Path(name_or_path).expanduser()
-    if key in CATALOG and not (path.exists() and ("/" in name_or_path or path.is_file())):
-        spec = CATALOG[key]
+    spec = _lookup(name_or_path)
+    if spec is not None and not (path.exists() and ("/" in name_or_path or path.is_file())):
         folder = root / spec.folder
         if not folder.is_dir():
             raise NlpError(
@@ -93,8 +101,7 @@ def resolve(name_or_path: str, root: Path | None = None) -> tuple[DatasetSpec | 
         if path.is_dir():
             return detect(path), path
         return None, path
-    get(name_or_path)  # raises the unknown-name error with a suggestion
-    raise AssertionError("unreachable")
+    raise _unknown(name_or_path)
 
 
 def detect(folder: Path) -> DatasetSpec | None:
