@@ -1,0 +1,93 @@
+"""`nlp download`: put a dataset (CoOp layout) or CLIP weights under NLP_HOME; print the path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nlp_cli.cli import output
+from nlp_cli.errors import UsageError
+
+
+def _complete_dataset(incomplete: str) -> list[str]:
+    from nlp_cli.datasets import list_datasets
+
+    return [n for n in list_datasets() if n.startswith(incomplete)]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `download` command."""
+
+    @app.command("download")
+    def download(
+        dataset: str | None = typer.Argument(
+            None,
+            help="Catalog name (see --list).",
+            autocompletion=_complete_dataset,
+        ),
+        root: Path | None = typer.Option(
+            None, "--root", help="Where datasets live (default: NLP_HOME/data)."
+        ),
+        from_dir: Path | None = typer.Option(
+            None,
+            "--from",
+            help="Adopt a local copy in CoOp's layout (linked, never modified) instead of "
+            "downloading.",
+        ),
+        model: str | None = typer.Option(
+            None, "--model", help="Download an OpenAI CLIP checkpoint (e.g. ViT-B/16)."
+        ),
+        list_: bool = typer.Option(False, "--list", help="Show the catalog and what is present."),
+        seed: int = typer.Option(
+            1, "--seed", help="Seed for CoOp's split rule when a split file must be regenerated."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+    ) -> None:
+        """Download a CoOp benchmark dataset (or adopt a local copy) and print its folder.
+
+        Without network, place the files by hand or use --from DIR with a copy in CoOp's
+        layout (e.g. DIR = caltech-101/ holding 101_ObjectCategories/ and its split file).
+        """
+        from nlp_cli import datasets
+        from nlp_cli.datasets import download as dl
+        from nlp_cli.home import data_dir
+
+        root = Path(root) if root is not None else data_dir()
+        if list_:
+            rows = []
+            for name in datasets.list_datasets():
+                spec = datasets.get(name)
+                folder = root / spec.folder
+                rows.append(
+                    {
+                        "name": name,
+                        "folder": str(folder),
+                        "present": spec.present(folder),
+                        "description": spec.description,
+                    }
+                )
+            if as_json:
+                output.emit_json(rows)  # type: ignore[arg-type]  # documented as a JSON list
+                return
+            from rich.table import Table
+
+            table = Table("dataset", "present", "folder", "description")
+            for r in rows:
+                present = "yes" if r["present"] else "-"
+                table.add_row(r["name"], present, r["folder"], r["description"])
+            output.console.print(table)
+            return
+        if model is not None:
+            if dataset is not None:
+                raise UsageError("give either a DATASET or --model, not both")
+            path = dl.fetch_model(model)
+            output.emit(path, {"model": model}, as_json)
+            return
+        if dataset is None:
+            raise UsageError("name a DATASET (see `nlp download --list`) or --model NAME")
+        spec = datasets.get(dataset)
+        folder, notes = dl.fetch_dataset(spec, root, from_dir, seed=seed)
+        for note in notes:
+            output.warn(note)
+        output.emit(folder, {"dataset": spec.name}, as_json)

@@ -1,0 +1,120 @@
+"""`nlp embed`: encode a dataset with CLIP's frozen image encoder; print the features' path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from nlp_cli.cli import output
+from nlp_cli.errors import UsageError
+
+
+def _init_distributed(device: str) -> bool:
+    """Join the torchrun process group when launched with WORLD_SIZE > 1; True if joined here."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        if device.startswith("cuda"):
+            # One GPU per rank: cuda becomes cuda:<LOCAL_RANK>.
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return True
+    return False
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `embed` command."""
+
+    @app.command("embed")
+    def embed(
+        dataset: str = typer.Argument(
+            ..., help="Catalog name (under --root), a dataset folder, or a CSV path,label[,split]."
+        ),
+        model: str = typer.Option(..., "--model", help="CLIP model name or checkpoint path."),
+        views: int = typer.Option(
+            0, "--views", help="Augmented views per training image (0 = only the center crop)."
+        ),
+        batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
+        workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the augmented views."),
+        skip_bad: bool = typer.Option(
+            False, "--skip-bad", help="Leave out undecodable images (listed in the metadata)."
+        ),
+        shard_size: int = typer.Option(
+            1024, "--shard-size", help="Images per resumable shard (and per rank under torchrun)."
+        ),
+        root: Path | None = typer.Option(
+            None, "--root", help="Where catalog datasets live (default: NLP_HOME/data)."
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", help="Output file (default under NLP_HOME)."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="JSON summary on stdout."),
+    ) -> None:
+        """Encode train/val/test images once; later stages read the cached features."""
+        from nlp_cli import datasets
+        from nlp_cli.embed import EmbedOptions
+        from nlp_cli.embed import embed as run_embed
+
+        if batch_size < 1 or shard_size < 1 or workers < 0 or views < 0:
+            raise UsageError("--batch-size and --shard-size must be ≥ 1, --workers and --views ≥ 0")
+        ds = datasets.load(dataset, root)
+        for note in ds.notes:
+            output.warn(note)
+        joined = _init_distributed(device)
+        if joined and device == "cuda":
+            import torch
+
+            device = f"cuda:{torch.cuda.current_device()}"
+        opts = EmbedOptions(
+            views=views,
+            seed=seed,
+            skip_bad=skip_bad,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            shard_size=shard_size,
+        )
+        try:
+            with _Bar() as bar:
+                result = run_embed(ds, model, opts, out, on_progress=bar.update)
+        finally:
+            if joined:
+                import torch
+
+                torch.distributed.destroy_process_group()
+        if result is None:  # another rank writes the artifact
+            return
+        if result.cache_hit:
+            output.info(f"cache hit: {result.path}")
+        for split, bad in result.skipped.items():
+            output.warn(f"skipped {len(bad)} undecodable {split} image(s), e.g. {bad[0]}")
+        output.emit(result.path, {"counts": result.counts, "cache_hit": result.cache_hit}, as_json)
+
+
+class _Bar:
+    """A Rich progress bar on stderr fed by (done, total) callbacks."""
+
+    def __enter__(self) -> _Bar:
+        from rich.progress import Progress
+
+        self.progress = Progress(console=output.console, transient=True)
+        self.task = None
+        self.live = output.console.is_terminal
+        if self.live:
+            self.progress.start()
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if not self.live:
+            return
+        if self.task is None:
+            self.task = self.progress.add_task("embedding", total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.progress.stop()
