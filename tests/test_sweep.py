@@ -130,3 +130,12 @@ def test_cli_dry_run_lists_cells(cli, grid_file):
     assert r.code == 0
     assert len(json.loads(r.stdout)["cells"]) == 12
     assert r.stderr.count("pending") == 12
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_example_grids_are_valid(path):
+    grid = sweep.load_grid(path)
+    assert grid.cells()
+    assert len({c.slug for c in grid.cells()}) == len(grid.cells())
