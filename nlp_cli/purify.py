@@ -214,8 +214,12 @@ def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr, tau=1e3):
     for it in range(max_iter):  # noqa: B007 - the last index is reported
         v = b / _times(Kt, u)
         u = a / _times_t(Kt, v)
-        if bool((u.abs() > tau).any() or (v.abs() > tau).any() or (u < 1 / tau).any()
-                or (v < 1 / tau).any()):
+        if bool(
+            (u.abs() > tau).any()
+            or (v.abs() > tau).any()
+            or (u < 1 / tau).any()
+            or (v < 1 / tau).any()
+        ):
             f = f + reg * u.log()
             g = g + reg * v.log()
             u, v = torch.ones_like(u), torch.ones_like(v)
@@ -225,9 +229,8 @@ def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr, tau=1e3):
             if err < stop_thr:
                 converged = True
                 break
-    plan = torch.exp(
-        (g.unsqueeze(-1) + f.unsqueeze(-2) - Mt) / reg + v.log().unsqueeze(-1) + u.log().unsqueeze(-2)
-    ).transpose(-1, -2)
+    log_plan = (g.unsqueeze(-1) + f.unsqueeze(-2) - Mt) / reg
+    plan = torch.exp(log_plan + v.log().unsqueeze(-1) + u.log().unsqueeze(-2)).transpose(-1, -2)
     return plan, it + 1, err, converged
 
 
@@ -297,7 +300,11 @@ def promptot(
     else:
         res = sinkhorn(M, reg=reg, max_iter=max_iter, stop_thr=stop_thr, log_domain=log_domain)
         plan, iterations, error, use_log, converged = (
-            res.coupling, res.iterations, res.error, res.log_domain, res.converged
+            res.coupling,
+            res.iterations,
+            res.error,
+            res.log_domain,
+            res.converged,
         )
     pseudo, clean, scores = _verdict(plan, labels)
     info = {
@@ -358,11 +365,7 @@ def gmm_clean_posterior(
     w = torch.full((2,), 0.5, dtype=x.dtype)
     prev, it = -math.inf, 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the last index is reported
-        log_p = (
-            w.log()
-            - 0.5 * (2 * math.pi * var).log()
-            - 0.5 * (x.unsqueeze(1) - mu) ** 2 / var
-        )
+        log_p = w.log() - 0.5 * (2 * math.pi * var).log() - 0.5 * (x.unsqueeze(1) - mu) ** 2 / var
         norm = torch.logsumexp(log_p, dim=1, keepdim=True)
         resp = (log_p - norm).exp()
         ll = float(norm.mean())
