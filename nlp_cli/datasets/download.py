@@ -202,7 +202,10 @@ def extract(archive: Path, dest: Path, strip: str = "") -> None:
         elif tarfile.is_tarfile(archive):
             _extract_tar(archive, dest, strip)
         else:
-            raise NlpError(f"{archive} is neither a tar nor a zip archive")
+            raise DamagedArchiveError(
+                f"{archive} is neither a tar nor a zip archive (truncated, or not an archive at "
+                "all); download it again"
+            )
     except (EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as e:
         raise DamagedArchiveError(
             f"{archive} is truncated or damaged ({type(e).__name__}: {e}); download it again"
