@@ -102,6 +102,17 @@ def locked(path: Path | str) -> Iterator[None]:
         os.close(fd)
 
 
+def ensure_writable(path: Path | str) -> None:
+    """Fail in one line, before any work, when the folder of `path` cannot be made or written."""
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot write to {parent}: {e.strerror or e}") from e
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ArtifactError(f"cannot write to {parent}: permission denied")
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write bytes so that `path` is either its old content or the complete new one."""
     with atomic_path(path) as tmp:
