@@ -634,3 +634,15 @@ def test_lock_waits_for_the_holder(tmp_path):
         order.append(1)
     t.join(10)
     assert order == [1, 2] and not lock.exists()
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "truncated"])
+def test_damaged_clip_checkpoint_is_one_line(cli, tiny_clip, tmp_path, damage):
+    textured(tmp_path / "d" / "train", ["a", "b"], 2)
+    textured(tmp_path / "d" / "test", ["a", "b"], 1)
+    bad = tmp_path / "clip.pt"
+    data = tiny_clip.read_bytes()
+    bad.write_bytes(bytes(range(256)) * 64 if damage == "random-bytes" else data[: len(data) // 2])
+    r = cli("embed", tmp_path / "d", "--model", bad)
+    assert r.code == 1 and r.stdout == "" and "is not a loadable CLIP checkpoint" in r.stderr
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
