@@ -98,6 +98,12 @@ def _inf(t):
     return {"test.features": x}
 
 
+def _nan_view(t):
+    views = t["train.features"][None].repeat(2, 1, 1).clone()
+    views[1, 7, 0] = float("nan")
+    return {"train.views": views}
+
+
 def _labels_with(tmp, src, **tensors):
     art = artifacts.load(src)
     return rewrite(src, tmp / "bad-labels.safetensors", dict(art.tensors) | tensors)
@@ -214,6 +220,8 @@ BAD_INPUTS: list[tuple[str, Builder, int, str]] = [
     ("labelset-as-prompt", _labelset_as_prompt, 1, "labelset artifact, but a prompt"),
     ("nan-features", _with_features(_nan), 1, "NaN or infinite"),
     ("inf-features", _with_features(_inf), 1, "test.features holds 1 NaN or infinite"),
+    ("nan-views", _with_features(_nan_view), 1, "train.views holds 1 NaN or infinite value(s), "
+     "first in row 7"),  # fmt: skip
     ("label-outside-classes", _label_outside, 1, "label 5 outside 0..4"),
     ("negative-label", _negative_label, 1, "label -1 outside"),
     ("ragged-labelset", _ragged, 1, "differ in length"),
