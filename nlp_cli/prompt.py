@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nlp_cli import clip_model
@@ -110,3 +111,132 @@ def plain_text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
     x = model.ln_final(x)
     eot = learner.tokenized.argmax(dim=-1)
     return x[torch.arange(x.shape[0], device=x.device), eot] @ model.text_projection
+
+
+def _layer_norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
+    # CLIP's LayerNorm runs in float32 whatever the weights' dtype.
+    w, b = ln.weight.detach().float(), ln.bias.detach().float()
+    return F.layer_norm(x.float(), w.shape, w, b, ln.eps).to(x.dtype)
+
+
+def _linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, layer.weight.detach(), layer.bias.detach())
+
+
+def _qkv(blk: Any, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+    """Queries, keys and values of `x` [B, T, W] as [B, heads, T, W/heads]."""
+    attn = blk.attn
+    qkv = F.linear(x, attn.in_proj_weight.detach(), attn.in_proj_bias.detach())
+    b, t, w = x.shape
+    return tuple(
+        part.reshape(b, t, heads, w // heads).transpose(1, 2) for part in qkv.chunk(3, dim=-1)
+    )
+
+
+def _attend(blk: Any, q, k, v, mask: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    b, h, t, d = out.shape
+    out = out.transpose(1, 2).reshape(b, t, h * d)
+    return F.linear(out, blk.attn.out_proj.weight.detach(), blk.attn.out_proj.bias.detach())
+
+
+def _mlp(blk: Any, x: torch.Tensor) -> torch.Tensor:
+    h = _linear(blk.mlp.c_fc, _layer_norm(blk.ln_2, x))
+    return _linear(blk.mlp.c_proj, h * torch.sigmoid(1.702 * h))
+
+
+def shared_prefix_len(learner: PromptLearner) -> int:
+    """Leading positions identical in every class's prompt: [SOS] plus the context before the
+    class name (all of it at the end, the first half in the middle); 0 for class-specific ctx."""
+    if learner.csc:
+        return 0
+    if learner.position == "end":
+        return 1 + learner.n_ctx
+    if learner.position == "middle":
+        return 1 + learner.n_ctx // 2
+    return 0
+
+
+def text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
+    """The same features as plain_text_features, [C, embed_dim], computed cheaply.
+
+    Exact savings (SPEC §6): positions after the longest EOT are never read by a causal
+    encoder, so they are cut; a prefix shared by all prompts has the same hidden states in every
+    class, so it runs once and the class suffixes attend to its keys and values; the last layer
+    runs only at the EOT position; the frozen weights are detached, so only ctx gets gradients.
+    """
+    blocks = list(model.transformer.resblocks)
+    heads = blocks[0].attn.num_heads
+    eot = learner.tokenized.argmax(dim=-1)
+    length = int(eot.max()) + 1
+    prompts = learner()[:, :length]
+    x = prompts + model.positional_embedding[:length].detach().to(prompts.dtype)
+    n_cls = x.shape[0]
+    p = min(shared_prefix_len(learner), int(eot.min()))
+    hp = x[:1, :p] if p else None
+    hs = x[:, p:]
+    s = hs.shape[1]
+    device = x.device
+    suffix_mask = torch.ones(s, p + s, dtype=torch.bool, device=device)
+    suffix_mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    for i, blk in enumerate(blocks):
+        last = i == len(blocks) - 1
+        qs, ks, vs = _qkv(blk, _layer_norm(blk.ln_1, hs), heads)
+        if hp is not None:
+            qp, kp, vp = _qkv(blk, _layer_norm(blk.ln_1, hp), heads)
+            ks = torch.cat([kp.expand(n_cls, -1, -1, -1), ks], dim=2)
+            vs = torch.cat([vp.expand(n_cls, -1, -1, -1), vs], dim=2)
+        if last:
+            rows = (eot - p).to(device)
+            pick = torch.arange(n_cls, device=device)
+            q_eot = qs[pick, :, rows].unsqueeze(2)
+            mask = suffix_mask[rows][:, None, None, :]
+            h_eot = hs[pick, rows].unsqueeze(1)
+            h_eot = h_eot + _attend(blk, q_eot, ks, vs, mask)
+            h_eot = h_eot + _mlp(blk, h_eot)
+            out = _layer_norm(model.ln_final, h_eot[:, 0])
+            return out @ model.text_projection.detach()
+        hs = hs + _attend(blk, qs, ks, vs, suffix_mask if hp is not None else None, hp is None)
+        hs = hs + _mlp(blk, hs)
+        if hp is not None:
+            hp = hp + _attend(blk, qp, kp, vp, None, True)
+            hp = hp + _mlp(blk, hp)
+    raise ValueError("the text transformer has no layers")
+
+
+def learner_from_artifact(
+    model: Any, artifact: Any, classnames: list[str] | None = None
+) -> PromptLearner:
+    """A PromptLearner rebuilt from a prompt artifact's `prompt` metadata and `ctx` tensor."""
+    from nlp_cli.errors import ArtifactError
+
+    cfg = artifact.meta.get("prompt")
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{artifact.path} records no prompt configuration (meta 'prompt')")
+    ctx = artifact.tensors["ctx"]
+    try:
+        learner = PromptLearner(
+            model,
+            classnames if classnames is not None else artifact.classnames,
+            n_ctx=int(cfg.get("n_ctx", ctx.shape[-2])),
+            ctx_init=cfg.get("ctx_init") or None,
+            csc=bool(cfg.get("csc", False)),
+            position=str(cfg.get("position", "end")),
+        )
+    except ValueError as e:
+        raise ArtifactError(f"{artifact.path}: bad prompt configuration ({e})") from e
+    if tuple(learner.ctx.shape) != tuple(ctx.shape):
+        raise ArtifactError(
+            f"{artifact.path}: ctx has shape {tuple(ctx.shape)}, its configuration implies "
+            f"{tuple(learner.ctx.shape)}"
+        )
+    with torch.no_grad():
+        learner.ctx.copy_(ctx.to(learner.ctx.dtype))
+    return learner
+
+
+@torch.no_grad()
+def prompt_text_features(model: Any, artifact: Any) -> torch.Tensor:
+    """L2-normalised class prototypes [C, embed_dim] of a trained prompt artifact."""
+    feats = text_features(model, learner_from_artifact(model, artifact)).float()
+    return feats / feats.norm(dim=-1, keepdim=True)
