@@ -26,6 +26,7 @@ def evaluate(
     features: Path | None = None,
     split: str = "test",
     model: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Metrics of a prompt file on a split of its own features (or `features`); zero-shot with
     the hand prompt when `prompt` is None."""
@@ -42,15 +43,16 @@ def evaluate(
     if key not in feats.tensors:
         have = sorted({k.split(".")[0] for k in feats.tensors if k.endswith(".features")})
         raise UsageError(f"{feats.path} has no {split} split (it has: {', '.join(have)})")
-    loaded = clip_model.load_for(feats.meta, model)
+    loaded = clip_model.load_for(feats.meta, model, device=device)
     with torch.no_grad():
         if prompt_art is None:
             text = clip_model.hand_prompt_features(loaded.model, feats.classnames).float()
         else:
             text = prompt_text_features(loaded.model, prompt_art)
-        x = feats.tensors[key].float()
+        text = text.to(device)
+        x = feats.tensors[key].to(device).float()
         x = x / x.norm(dim=-1, keepdim=True)
-        pred = (x @ text.T).argmax(dim=1)
+        pred = (x @ text.T).argmax(dim=1).cpu()
     result = metrics.summary(pred, feats.tensors[f"{split}.labels"].long(), feats.classnames)
     result["split"] = split
     result["features"] = str(feats.path.resolve())

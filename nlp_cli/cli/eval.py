@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, "--model", help="CLIP model name or checkpoint (default: the features' model)."
         ),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
         out: Path | None = typer.Option(None, "--out", help="Where to write the metrics JSON."),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
     ) -> None:
@@ -57,7 +58,7 @@ def register(app: typer.Typer) -> None:
             path, feats = None, zero_shot
         else:
             path, feats = output.input_path(prompt, "prompt file"), features
-        result = evaluate(path, feats, split, model)
+        result = evaluate(path, feats, split, model, device)
         render(result)
         if as_json:
             output.emit_json(result)
