@@ -16,8 +16,10 @@ weight gradients are formed).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,13 @@ from nlp_cli.prompt import PromptLearner, plain_text_features, shared_prefix_len
 
 WORDS = ["red", "sea", "lion", "golden", "retriever", "annual", "crop", "land", "river",
          "forest", "pizza", "apple", "pie", "bonsai", "wild", "cat", "stop", "sign"]
+
+
+SPLITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "coop-splits"
+SPLITS = {
+    100: SPLITS_DIR / "split_zhou_Caltech101.json",
+    10: SPLITS_DIR / "split_zhou_EuroSAT.json",
+}
 
 
 def vit_b16(seed: int = 0):
@@ -44,15 +53,17 @@ def vit_b16(seed: int = 0):
 
 
 def classnames(n: int) -> list[str]:
-    """n distinct names of one to three words, like real class names."""
+    """n class names: CoOp's Caltech101 (100) or EuroSAT (10) names when the split files are
+    there, else distinct made-up names of one to three words."""
+    split = SPLITS.get(n)
+    if split is not None and split.exists():
+        data = json.loads(split.read_text())
+        return sorted({c for _, _, c in data["train"]})
+    names = list(WORDS)
+    names += [f"{a} {b}" for a in WORDS for b in WORDS if a != b]
+    names += [f"{a} {b} {c}" for a in WORDS for b in WORDS for c in WORDS if len({a, b, c}) == 3]
     g = torch.Generator().manual_seed(n)
-    names: list[str] = []
-    while len(names) < n:
-        k = int(torch.randint(1, 4, (1,), generator=g))
-        idx = torch.randint(len(WORDS), (k,), generator=g).tolist()
-        name = " ".join(WORDS[i] for i in idx) + f" {len(names)}"
-        names.append(name)
-    return names
+    return [names[i] for i in torch.randperm(len(names), generator=g)[:n].tolist()]
 
 
 def text_flops(tokens: int, width: int, layers: int, attended: int) -> float:
@@ -98,7 +109,7 @@ def bench(model, n_cls: int, batch: int, repeats: int, plain_repeats: int) -> di
     width, layers = 512, 12
     length = int(learner.tokenized.argmax(dim=-1).max()) + 1
     p = shared_prefix_len(learner)
-    ours_tokens = p + n_cls * (length - p)
+    ours_tokens = p + int((learner.tokenized.argmax(dim=-1) + 1 - p).sum())
     plain_tokens = n_cls * 77
     ours_flops = 2 * text_flops(ours_tokens, width, layers, length)
     img_tokens = batch * (1 + (224 // 16) ** 2)
@@ -118,7 +129,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats of our step")
     ap.add_argument("--plain-repeats", type=int, default=3, help="timed repeats of the plain step")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = vit_b16()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     for n in args.classes:

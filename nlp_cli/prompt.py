@@ -160,10 +160,11 @@ def shared_prefix_len(learner: PromptLearner) -> int:
 def text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
     """The same features as plain_text_features, [C, embed_dim], computed cheaply.
 
-    Exact savings (SPEC §6): positions after the longest EOT are never read by a causal
-    encoder, so they are cut; a prefix shared by all prompts has the same hidden states in every
-    class, so it runs once and the class suffixes attend to its keys and values; the last layer
-    runs only at the EOT position; the frozen weights are detached, so only ctx gets gradients.
+    Exact savings (SPEC §6): positions after a prompt's EOT are never read by a causal encoder,
+    so the per-token layers run only on each class's tokens up to its own EOT (packed, no
+    padding); a prefix shared by all prompts has the same hidden states in every class, so it
+    runs once and the class suffixes attend to its keys and values; the last layer runs only at
+    the EOT position; the frozen weights are detached, so only ctx gets gradients.
     """
     blocks = list(model.transformer.resblocks)
     heads = blocks[0].attn.num_heads
@@ -171,33 +172,51 @@ def text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
     length = int(eot.max()) + 1
     prompts = learner()[:, :length]
     x = prompts + model.positional_embedding[:length].detach().to(prompts.dtype)
-    n_cls = x.shape[0]
+    n_cls, _, width = x.shape
+    device = x.device
     p = min(shared_prefix_len(learner), int(eot.min()))
     hp = x[:1, :p] if p else None
-    hs = x[:, p:]
-    s = hs.shape[1]
-    device = x.device
-    suffix_mask = torch.ones(s, p + s, dtype=torch.bool, device=device)
-    suffix_mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    s = length - p
+    rows = (eot - p).to(device)
+    # Suffix position j of class c is computed iff it is at or before that class's EOT.
+    valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
+    hv = x[:, p:][valid]
+    eot_at = torch.cumsum(valid.sum(dim=1), dim=0) - 1
+    mask = torch.ones(s, p + s, dtype=torch.bool, device=device)
+    mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+
+    def heads_of(t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.reshape(b, n, heads, width // heads).transpose(1, 2)
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        out = t.new_zeros(n_cls, s, t.shape[-1])
+        out[valid] = t
+        return out
+
     for i, blk in enumerate(blocks):
+        attn = blk.attn
+        w_in, b_in = attn.in_proj_weight.detach(), attn.in_proj_bias.detach()
         last = i == len(blocks) - 1
-        qs, ks, vs = _qkv(blk, _layer_norm(blk.ln_1, hs), heads)
+        a = _layer_norm(blk.ln_1, hv)
+        if last:
+            kv = F.linear(a, w_in[width:], b_in[width:])
+            q = F.linear(a[eot_at], w_in[:width], b_in[:width])[:, None]
+        else:
+            qkv = padded(F.linear(a, w_in, b_in))
+            q, kv = qkv[..., :width], qkv[..., width:]
+        k, v = (heads_of(t) for t in (padded(kv) if last else kv).chunk(2, dim=-1))
         if hp is not None:
             qp, kp, vp = _qkv(blk, _layer_norm(blk.ln_1, hp), heads)
-            ks = torch.cat([kp.expand(n_cls, -1, -1, -1), ks], dim=2)
-            vs = torch.cat([vp.expand(n_cls, -1, -1, -1), vs], dim=2)
+            k = torch.cat([kp.expand(n_cls, -1, -1, -1), k], dim=2)
+            v = torch.cat([vp.expand(n_cls, -1, -1, -1), v], dim=2)
         if last:
-            rows = (eot - p).to(device)
-            pick = torch.arange(n_cls, device=device)
-            q_eot = qs[pick, :, rows].unsqueeze(2)
-            mask = suffix_mask[rows][:, None, None, :]
-            h_eot = hs[pick, rows].unsqueeze(1)
-            h_eot = h_eot + _attend(blk, q_eot, ks, vs, mask)
-            h_eot = h_eot + _mlp(blk, h_eot)
-            out = _layer_norm(model.ln_final, h_eot[:, 0])
-            return out @ model.text_projection.detach()
-        hs = hs + _attend(blk, qs, ks, vs, suffix_mask if hp is not None else None, hp is None)
-        hs = hs + _mlp(blk, hs)
+            h = hv[eot_at][:, None] + _attend(blk, heads_of(q), k, v, mask[rows][:, None, None])
+            h = h + _mlp(blk, h)
+            return _layer_norm(model.ln_final, h[:, 0]) @ model.text_projection.detach()
+        att = _attend(blk, heads_of(q), k, v, mask)
+        hv = hv + att[valid]
+        hv = hv + _mlp(blk, hv)
         if hp is not None:
             hp = hp + _attend(blk, qp, kp, vp, None, True)
             hp = hp + _mlp(blk, hp)

@@ -41,7 +41,7 @@ def read_config(path: Path) -> dict[str, Any]:
     return out
 
 
-def _init_ctx(path: Path, loaded, classnames: list[str]):
+def _init_ctx(path: Path, features_meta: dict[str, Any]):
     """The ctx to start from: a prompt artifact's, or a CoOp/NLPrompt checkpoint's."""
     from nlp_cli import artifacts
     from nlp_cli.train import import_coop
@@ -51,7 +51,7 @@ def _init_ctx(path: Path, loaded, classnames: list[str]):
         digest = artifacts.file_digest(path)
         return ctx, {"kind": "coop", "path": str(path.resolve()), "digest": digest}
     art = artifacts.load(path, "prompt")
-    artifacts.check_compatible(art, {"classnames": classnames, "model": loaded.identity}, str(path))
+    artifacts.check_compatible(art, features_meta, f"--init-from {path}")
     return art.tensors["ctx"], art.ref()
 
 
@@ -137,10 +137,9 @@ def register(app: typer.Typer) -> None:
 
         path = output.input_path(data, "label set")
         td = lib.load_data(path)
-        loaded = clip_model.load_for(td.features.meta, model, device=cfg.device)
         init_ctx, init_ref = None, None
         if init_from is not None:
-            init_ctx, init_ref = _init_ctx(init_from, loaded, td.classnames)
+            init_ctx, init_ref = _init_ctx(init_from, td.features.meta)
 
         upstream = {td.source.kind: td.source.ref(), "features": td.features.ref()}
         if init_ref is not None:
@@ -151,10 +150,15 @@ def register(app: typer.Typer) -> None:
         )
         stem = f"{td.features.meta.get('dataset', 'prompt')}-{cfg.loss}-{path.stem}"
         target = out or artifacts.default_out("prompt", stem, key)
-        if artifacts.cached(target, key, "prompt"):
+        cache_hit = artifacts.cached(target, key, "prompt")
+        if cache_hit and export_coop is None:
             output.info(f"cache hit: {target}")
-            if export_coop is not None:
-                lib.export_coop(export_coop, loaded.model, artifacts.load(target, "prompt"))
+            output.emit(target, _summary(artifacts.read_meta(target)), as_json)
+            return
+        loaded = clip_model.load_for(td.features.meta, model, device=cfg.device)
+        if cache_hit:
+            output.info(f"cache hit: {target}")
+            lib.export_coop(export_coop, loaded.model, artifacts.load(target, "prompt"))
             output.emit(target, _summary(artifacts.read_meta(target)), as_json)
             return
 
