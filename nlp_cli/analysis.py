@@ -216,12 +216,7 @@ def require_matplotlib() -> None:
 
 def plot_histograms(stats: GradStats, path: Path, bins: int = 30) -> Path:
     """Save the clean/noisy gradient-mass histograms of every loss as a PNG (needs matplotlib)."""
-    require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(stats.masses)
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
@@ -233,7 +228,70 @@ def plot_histograms(stats: GradStats, path: Path, bins: int = 30) -> Path:
         ax.set_xlabel("Σ|∂L/∂z|")
         ax.legend()
     fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
     with artifacts.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
+    return path
+
+
+def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Loss of clean vs mislabelled samples and test accuracy per epoch (DSPT Fig. 4/9)."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for key, label in (("loss_clean", "correctly labelled"), ("loss_noisy", "mislabelled")):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            left.plot(epochs, [float("nan") if v is None else v for v in values], label=label)
+    left.set_xlabel("epoch")
+    left.set_ylabel("mean training loss")
+    left.legend()
+    acc = [h.get("test_acc") for h in history]
+    right.plot(epochs, [float("nan") if a is None else 100 * a for a in acc])
+    right.set_xlabel("epoch")
+    right.set_ylabel("test accuracy (%)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_noise(
+    table_rows: dict[str, dict[str, list[tuple[float, float]]]], path: Path
+) -> Path:
+    """Accuracy vs noise rate, one line per method, one panel per noise type (DSPT Fig. 1/6).
+
+    `table_rows[noise_type][method]` = [(rate, accuracy fraction), …].
+    """
+    plt = _pyplot()
+    kinds = sorted(table_rows)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        for method, points in table_rows[kind].items():
+            points = sorted(points)
+            ax.plot([100 * r for r, _ in points], [100 * a for _, a in points], "o-", label=method)
+        ax.set_title(f"{kind} noise")
+        ax.set_xlabel("noise rate (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
     plt.close(fig)
     return path

@@ -75,6 +75,44 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def locked(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive lock on the lock file `path` (created, and removed on release)."""
+    import fcntl
+
+    path = Path(path)
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ArtifactError(f"cannot write to {path.parent}: {e.strerror or e}") from e
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            # The holder before us may have removed the file: then lock the new one.
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def ensure_writable(path: Path | str) -> None:
+    """Fail in one line, before any work, when the folder of `path` cannot be made or written."""
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot write to {parent}: {e.strerror or e}") from e
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ArtifactError(f"cannot write to {parent}: permission denied")
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write bytes so that `path` is either its old content or the complete new one."""
     with atomic_path(path) as tmp:
@@ -186,7 +224,42 @@ def load(path: Path | str, kind: str | tuple[str, ...] | None = None) -> Artifac
     missing = [t for t in REQUIRED_TENSORS[got] if t not in tensors]
     if missing:
         raise ArtifactError(f"{path} lacks the tensors {missing} a {got} artifact must have")
+    check_tensors(path, got, tensors, meta)
     return Artifact(path=path, kind=got, meta=meta, tensors=tensors, digest=file_digest(path))
+
+
+def check_tensors(
+    path: Path, kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    """Refuse, in one line, features that are not finite and labels that name no class."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and name.endswith((".features", ".views")) and t.numel():
+            # max() propagates NaN and |±inf| = inf: one cheap pass over the data, then the
+            # slower search for where the first bad value is only when there is one.
+            if torch.isfinite(t.abs().max()):
+                continue
+            bad = ~torch.isfinite(t)
+            if bad.any():
+                row = int(torch.nonzero(bad)[0][-2]) if t.dim() > 1 else 0
+                raise ArtifactError(
+                    f"{path}: {name} holds {int(bad.sum())} NaN or infinite value(s), first in "
+                    f"row {row} (re-create it with `nlp embed`)"
+                )
+    n_cls = len(meta.get("classnames") or [])
+    label_names = [n for n in tensors if n in ("labels", "true_labels", "pseudo_labels")]
+    label_names += [n for n in tensors if n.endswith(".labels")]
+    for name in label_names:
+        y = tensors[name]
+        outside = y[(y < 0) | (y >= n_cls)] if y.numel() and n_cls else y[:0]
+        if outside.numel():
+            raise ArtifactError(
+                f"{path}: {name} holds label {int(outside[0])} outside 0..{n_cls - 1} "
+                f"(it has {n_cls} classes)"
+            )
+    if kind in ("labelset", "partition"):
+        sizes = {n: len(tensors[n]) for n in REQUIRED_TENSORS[kind]}
+        if len(set(sizes.values())) > 1:
+            raise ArtifactError(f"{path}: its per-sample tensors differ in length {sizes}")
 
 
 def load_upstream(artifact: Artifact, role: str, kind: str | tuple[str, ...] | None = None):

@@ -12,15 +12,22 @@
 * Work is done in shards of `shard_size` images written atomically into a work folder beside
   the output (`.<out name>.<key>.work/`); an interrupted run resumes from the shards present,
   the shards are merged into the artifact at the end and the work folder is removed. An
-  identical rerun finds the artifact by its cache key and does nothing.
+  identical rerun finds the artifact by its cache key and does nothing. A lock file beside the
+  output (`.<out name>.lock`, flock) makes two processes embedding the same dataset take turns:
+  the second finds the first's artifact and does nothing.
+* Test hook: the environment variable `NLP_TEST_SHARD_PAUSE=SECONDS` pauses after each shard is
+  written, so that tests can interrupt a run part-way on purpose.
 * Under torchrun / torch.distributed (gloo on CPU, NCCL on GPU), shards are dealt round-robin
   to the ranks; rank 0 waits for all of them and merges.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +239,9 @@ def encode_shards(
             tensors["views"] = torch.cat(views, dim=1)
         with artifacts.atomic_path(_shard_file(work, split, a)) as tmp:
             save_file(tensors, str(tmp))
+        pause = float(os.environ.get("NLP_TEST_SHARD_PAUSE") or 0)
+        if pause > 0:
+            time.sleep(pause)
 
 
 def merge_shards(
@@ -290,11 +300,31 @@ def embed(
     out = Path(out) if out is not None else artifacts.default_out("features", stem, key)
     rank, world = _dist()
     if artifacts.cached(out, key, "features"):
-        if rank != 0:
-            return None
-        meta = artifacts.read_meta(out)
-        counts = {s: len(p) for s, p in meta["paths"].items() if p}
-        return EmbedResult(out, True, counts, meta.get("skipped") or {})
+        return _found(out) if rank == 0 else None
+    # Ranks of one torchrun job share the work through the barrier; only rank 0 locks.
+    lock = out.parent / f".{out.name}.lock"
+    with artifacts.locked(lock) if rank == 0 else contextlib.nullcontext():
+        if world == 1 and artifacts.cached(out, key, "features"):
+            return _found(out)
+        return _encode_and_merge(ds, loaded, opts, out, key, options, on_progress)
+
+
+def _found(out: Path) -> EmbedResult:
+    meta = artifacts.read_meta(out)
+    counts = {s: len(p) for s, p in meta["paths"].items() if p}
+    return EmbedResult(out, True, counts, meta.get("skipped") or {})
+
+
+def _encode_and_merge(
+    ds: Dataset,
+    loaded: Any,
+    opts: EmbedOptions,
+    out: Path,
+    key: str,
+    options: dict[str, Any],
+    on_progress: Callable[[int, int], None] | None,
+) -> EmbedResult | None:
+    rank, world = _dist()
     work = out.parent / f".{out.name}.{key}.work"
     encode_shards(ds, loaded, opts, work, on_progress)
     if world > 1:

@@ -63,6 +63,8 @@ def run(argv: list[str] | None = None) -> int:
     debug = os.environ.get("NLP_DEBUG", "") not in ("", "0")
     try:
         result = app(args=argv, prog_name="nlp", standalone_mode=False)
+        if result == 130:  # Typer turns Ctrl-C inside a command into exit code 130, silently
+            _error("interrupted")
         return result if isinstance(result, int) else 0
     except NlpError as e:
         if debug:

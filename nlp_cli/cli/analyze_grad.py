@@ -10,7 +10,7 @@ import typer
 
 from nlp_cli import analysis, artifacts, losses
 from nlp_cli.cli import output
-from nlp_cli.errors import UsageError
+from nlp_cli.errors import ArtifactError, UsageError
 
 BAR_WIDTH = 20
 
@@ -119,6 +119,8 @@ def register(app: typer.Typer) -> None:
             analysis.require_matplotlib()
         path = output.input_path(labels, "label set")
         kind = artifacts.read_meta(path).get("kind")
+        if kind not in artifacts.KINDS:
+            raise ArtifactError(f"{path} is a safetensors file but not an nlp artifact (no kind)")
         if kind not in ("labelset", "partition"):
             raise UsageError(
                 f"{path} is a {kind} artifact, but a labelset or partition is expected"
@@ -136,6 +138,8 @@ def register(app: typer.Typer) -> None:
         options = {"losses": names, "knobs": knobs, "model": model}
         key = artifacts.cache_key("analysis", upstream, options)
         target = out or artifacts.default_out("analysis", f"grad-{path.stem}", key, ".json")
+        if not as_json:
+            artifacts.ensure_writable(target)
 
         if not as_json and out is None and plot is None and target.exists():
             try:

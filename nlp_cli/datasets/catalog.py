@@ -27,6 +27,8 @@ Item = tuple[str, int, str]  # (path relative to the image folder, label, class 
 Split = dict[str, list[Item]]
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+# Present in a dataset folder while a download into it is under way (or died half-way).
+INCOMPLETE = ".nlp-incomplete"
 
 
 def gdrive(file_id: str) -> str:
@@ -69,6 +71,8 @@ class DatasetSpec:
         """True when `folder` holds this dataset's images and a split (file or rule)."""
         if self.generate is not None:
             return folder.is_dir() and any(folder.glob("split*.json"))
+        if (folder / INCOMPLETE).exists():
+            return False
         if self.image_dir and not (folder / self.image_dir).is_dir():
             return False
         if not all((folder / r).is_dir() for r in self.required):
@@ -122,6 +126,14 @@ def to_dataset(name: str, root: Path, items: Split, notes: list[str]) -> Dataset
                 raise NlpError(f"{name}: label {label} has two class names in the split")
     if sorted(names) != list(range(len(names))):
         raise NlpError(f"{name}: labels are not 0..{len(names) - 1}")
+    in_train = {int(y) for _, y, _ in items.get("train", [])}
+    absent = [names[i] for i in sorted(names) if i not in in_train]
+    if absent and items.get("train"):
+        notes = [
+            *notes,
+            f"{len(absent)} class(es) have no training image: {', '.join(absent[:5])} "
+            "(they can still be predicted, from their names alone)",
+        ]
     return Dataset(
         name=name,
         root=root.absolute(),

@@ -22,10 +22,11 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from nlp_cli import __version__
-from nlp_cli.datasets.catalog import DatasetSpec, Source, save_split_file
+from nlp_cli.datasets.catalog import INCOMPLETE, DatasetSpec, Source, save_split_file
 from nlp_cli.errors import NlpError, UsageError, did_you_mean
 
 CHUNK = 1 << 16
@@ -34,6 +35,10 @@ MARKER = ".nlp-from"
 
 class DownloadError(NlpError):
     """A transfer that failed (network, HTTP status, digest)."""
+
+
+class DamagedArchiveError(NlpError):
+    """An archive that ends early or cannot be decompressed."""
 
 
 def _digest(path: Path, algo: str) -> str:
@@ -191,12 +196,20 @@ def extract(archive: Path, dest: Path, strip: str = "") -> None:
     """Unpack a tar or zip archive into `dest`, dropping the leading folder `strip`."""
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        _extract_zip(archive, dest, strip)
-    elif tarfile.is_tarfile(archive):
-        _extract_tar(archive, dest, strip)
-    else:
-        raise NlpError(f"{archive} is neither a tar nor a zip archive")
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, dest, strip)
+        elif tarfile.is_tarfile(archive):
+            _extract_tar(archive, dest, strip)
+        else:
+            raise DamagedArchiveError(
+                f"{archive} is neither a tar nor a zip archive (truncated, or not an archive at "
+                "all); download it again"
+            )
+    except (EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as e:
+        raise DamagedArchiveError(
+            f"{archive} is truncated or damaged ({type(e).__name__}: {e}); download it again"
+        ) from e
 
 
 def _extract_tar(archive: Path, dest: Path, strip: str) -> None:
@@ -289,7 +302,11 @@ def _fetch_source(src: Source, spec: DatasetSpec, root: Path, folder: Path, **kw
     archive = fetch(
         src.url, root / ".downloads" / src.filename, src.checksum, mirrors=src.mirrors, **kw
     )
-    extract(archive, folder, src.strip)
+    try:
+        extract(archive, folder, src.strip)
+    except DamagedArchiveError:
+        archive.unlink(missing_ok=True)  # so that a rerun downloads it afresh
+        raise
     for inner in src.inner:
         extract(folder / inner, folder)
         (folder / inner).unlink()
@@ -317,6 +334,9 @@ def fetch_dataset(
         adopt(spec, Path(from_dir), folder)
     elif not spec.present(folder):
         folder.mkdir(parents=True, exist_ok=True)
+        # Until every source is in place the folder counts as absent, even if its image
+        # folder already exists (a run that died half-way through an extraction).
+        (folder / INCOMPLETE).touch()
         for src in spec.sources:
             if src.creates and (folder / src.creates).exists():
                 continue
@@ -332,6 +352,7 @@ def fetch_dataset(
                     f"{'unpacked ' if src.extract else ''}in {folder}, or use "
                     f"`nlp download {spec.name} --from DIR` with a copy in CoOp's layout{hint}"
                 ) from e
+        (folder / INCOMPLETE).unlink()
     if spec.prepare is not None:
         spec.prepare(folder)
     if spec.split_file and not (folder / spec.split_file).is_file():

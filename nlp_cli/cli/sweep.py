@@ -1,0 +1,64 @@
+"""`nlp sweep`: run a YAML grid through the stages and write the papers' table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nlp_cli.cli import output
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `sweep` command."""
+
+    @app.command("sweep")
+    def sweep(
+        grid_file: Path = typer.Argument(..., help="The sweep YAML (see examples/)."),
+        device: str = typer.Option(
+            "cpu", "--device", help="cpu, cuda or cuda:N (under torchrun: cuda = this rank's GPU)."
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", help="Sweep folder (default: the YAML's `out`, else NLP_HOME/sweeps)."
+        ),
+        dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and stop."),
+        plot: bool = typer.Option(True, "--plot/--no-plot", help="Accuracy-vs-noise PNG."),
+        as_json: bool = typer.Option(False, "--json", help="JSON summary on stdout."),
+    ) -> None:
+        """Datasets × noise × methods × seeds: cached cells are skipped; prints the table's path."""
+        import os
+
+        from nlp_cli import sweep as sw
+
+        grid = sw.load_grid(grid_file)
+        if out is not None:
+            grid.out = out
+        rank, world = sw.rank_and_world()
+        if device == "cuda" and world > 1:
+            device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+        cells = grid.cells()
+        if dry_run:
+            for cell in cells:
+                done = (grid.folder() / "metrics" / f"{cell.slug}.json").exists()
+                output.info(f"{'done   ' if done else 'pending'} {cell.slug}")
+            if as_json:
+                output.emit_json({"cells": [c.slug for c in cells]})
+            return
+
+        def progress(cell: sw.Cell, state: str) -> None:
+            output.info(f"[{state}] {cell.slug}")
+
+        output.info(f"sweep {grid.name}: {len(cells)} cells → {grid.folder()}")
+        result = sw.run_sweep(grid, device=device, progress=progress)
+        if rank != 0:
+            return
+        paths = sw.write_tables(result, grid, plot=plot)
+        output.console.print(paths["markdown"].read_text(), markup=False, highlight=False)
+        summary = {
+            "cells": len(cells),
+            "finished": len(result.records),
+            "ran": result.ran,
+            "skipped": result.skipped,
+            **{k: str(v) for k, v in paths.items()},
+        }
+        output.emit(paths["markdown"], summary, as_json)

@@ -1,0 +1,656 @@
+"""Bad input, faults and interrupted work: every failure is one line, local and recoverable.
+
+docs/RELIABILITY.md lists each case with the test that holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_features
+from PIL import Image
+from safetensors.torch import save_file
+
+from nlp_cli import artifacts, clip_model, datasets
+from nlp_cli.embed import EmbedOptions, embed
+from nlp_cli.errors import ArtifactError, NlpError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rewrite(src: Path, dst: Path, tensors=None, **meta_changes) -> Path:
+    """Copy an artifact with some tensors and metadata replaced (None deletes a key)."""
+    art = artifacts.load(src)
+    t = dict(art.tensors) | (tensors or {})
+    meta = {k: v for k, v in art.meta.items() if k not in ("kind", "schema", "nlp_version")}
+    for k, v in meta_changes.items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v
+    return artifacts.save(dst, art.kind, t, meta)
+
+
+def make_labelset(path: Path, features: Path, flip: int = 5, classnames=None) -> Path:
+    """A label set over all training samples of `features` with the first `flip` labels wrong."""
+    f = artifacts.load(features, "features")
+    true = f.tensors["train.labels"]
+    labels = true.clone()
+    labels[:flip] = (labels[:flip] + 1) % len(f.classnames)
+    meta = {
+        "model": f.model,
+        "dataset": f.meta["dataset"],
+        "classnames": classnames or f.classnames,
+        "options": {},
+        "upstream": {"features": f.ref()},
+    }
+    tensors = {"labels": labels, "true_labels": true, "index": torch.arange(len(true))}
+    return artifacts.save(path, "labelset", tensors, meta)
+
+
+def raw_meta(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata())
+
+
+def load_raw(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+# --- the bad-input table: each builder returns the arguments of one failing command ------------
+
+Builder = Callable[[Path, Path, Path, Path], list]
+
+
+def _with_features(mutate: Callable[[dict], dict]) -> Builder:
+    def build(tmp, feats, labels, clip):
+        art = artifacts.load(feats)
+        bad = rewrite(feats, tmp / "bad-feats.safetensors", mutate(dict(art.tensors)))
+        ref = {"kind": "features", "path": str(bad), "digest": artifacts.file_digest(bad)}
+        pointing = rewrite(labels, tmp / "l2.safetensors", upstream={"features": ref})
+        return ["analyze-grad", pointing, "--model", clip]
+
+    return build
+
+
+def _nan(t):
+    x = t["train.features"].clone()
+    x[3, 2] = float("nan")
+    return {"train.features": x}
+
+
+def _inf(t):
+    x = t["test.features"].clone()
+    x[0, 0] = float("inf")
+    return {"test.features": x}
+
+
+def _nan_view(t):
+    views = t["train.features"][None].repeat(2, 1, 1).clone()
+    views[1, 7, 0] = float("nan")
+    return {"train.views": views}
+
+
+def _labels_with(tmp, src, **tensors):
+    art = artifacts.load(src)
+    return rewrite(src, tmp / "bad-labels.safetensors", dict(art.tensors) | tensors)
+
+
+def _truncated(tmp, feats, labels, clip):
+    data = labels.read_bytes()
+    (tmp / "t.safetensors").write_bytes(data[: len(data) // 2])
+    return ["analyze-grad", tmp / "t.safetensors"]
+
+
+def _random_bytes(tmp, feats, labels, clip):
+    (tmp / "r.safetensors").write_bytes(bytes(torch.randint(0, 256, (4096,)).tolist()))
+    return ["analyze-grad", tmp / "r.safetensors"]
+
+
+def _text_file(tmp, feats, labels, clip):
+    (tmp / "notes.txt").write_text("not an artifact\n")
+    return ["analyze-grad", tmp / "notes.txt"]
+
+
+def _plain_safetensors(tmp, feats, labels, clip):
+    save_file({"labels": torch.zeros(3, dtype=torch.long)}, str(tmp / "plain.safetensors"))
+    return ["analyze-grad", tmp / "plain.safetensors"]
+
+
+def _other_schema(tmp, feats, labels, clip):
+    meta = raw_meta(labels) | {"schema": "99"}
+    save_file(load_raw(labels), str(tmp / "s.safetensors"), meta)
+    return ["analyze-grad", tmp / "s.safetensors"]
+
+
+def _lacks_tensor(tmp, feats, labels, clip):
+    t = load_raw(labels)
+    del t["index"]
+    save_file(t, str(tmp / "x.safetensors"), raw_meta(labels))
+    return ["analyze-grad", tmp / "x.safetensors"]
+
+
+def _label_outside(tmp, feats, labels, clip):
+    y = artifacts.load(labels).tensors["labels"].clone()
+    y[7] = 5
+    return ["analyze-grad", _labels_with(tmp, labels, labels=y), "--model", clip]
+
+
+def _negative_label(tmp, feats, labels, clip):
+    y = artifacts.load(labels).tensors["true_labels"].clone()
+    y[0] = -1
+    return ["analyze-grad", _labels_with(tmp, labels, true_labels=y), "--model", clip]
+
+
+def _ragged(tmp, feats, labels, clip):
+    y = artifacts.load(labels).tensors["labels"][:-3]
+    return ["analyze-grad", _labels_with(tmp, labels, labels=y), "--model", clip]
+
+
+def _index_outside(tmp, feats, labels, clip):
+    index = artifacts.load(labels).tensors["index"] + 1
+    return ["analyze-grad", _labels_with(tmp, labels, index=index), "--model", clip]
+
+
+def _upstream_changed(tmp, feats, labels, clip):
+    make_features(feats, clip, seed=9)
+    return ["analyze-grad", labels, "--model", clip]
+
+
+def _upstream_gone(tmp, feats, labels, clip):
+    feats.unlink()
+    return ["analyze-grad", labels, "--model", clip]
+
+
+def _other_classes_than_features(tmp, feats, labels, clip):
+    names = ["v", "w", "x", "y", "z"]
+    return ["analyze-grad", make_labelset(tmp / "o.safetensors", feats, classnames=names)]
+
+
+def _prompt_for_other_classes(tmp, feats, labels, clip):
+    prompt = artifacts.save(
+        tmp / "p.safetensors",
+        "prompt",
+        {"ctx": torch.zeros(4, 32)},
+        {"classnames": ["x", "y"], "model": artifacts.load(feats).model, "prompt": {"n_ctx": 4}},
+    )
+    return ["analyze-grad", labels, "--prompt", prompt, "--model", clip]
+
+
+def _labelset_as_prompt(tmp, feats, labels, clip):
+    return ["analyze-grad", labels, "--prompt", labels, "--model", clip]
+
+
+def _another_model(tmp, feats, labels, clip):
+    other = tmp / "other-clip.pt"
+    clip_model.save_checkpoint(clip_model.build_tiny(seed=1), other)
+    return ["analyze-grad", labels, "--model", other]
+
+
+def _unwritable_out(tmp, feats, labels, clip):
+    (tmp / "a-file").write_text("x")
+    return ["analyze-grad", labels, "--model", clip, "--out", tmp / "a-file" / "r.json"]
+
+
+# (id, builder, exit code, message pattern). Every run must leave stdout empty, print one
+# `error:` line without a traceback, and leave the existing --out file untouched.
+BAD_INPUTS: list[tuple[str, Builder, int, str]] = [
+    ("missing-path", lambda t, f, ls, c: ["analyze-grad", t / "nope.safetensors"], 1, "no such"),
+    ("folder", lambda t, f, ls, c: ["analyze-grad", t], 1, "is a folder"),
+    ("truncated", _truncated, 1, "not a readable nlp artifact"),
+    ("random-bytes", _random_bytes, 1, "not a readable nlp artifact"),
+    ("text-file", _text_file, 1, "not a readable nlp artifact"),
+    ("safetensors-not-nlp", _plain_safetensors, 1, "not an nlp artifact"),
+    ("other-schema", _other_schema, 1, "schema 99"),
+    ("lacks-tensor", _lacks_tensor, 1, "lacks the tensors"),
+    ("wrong-kind", lambda t, f, ls, c: ["analyze-grad", f], 2, "labelset or partition"),
+    ("labelset-as-prompt", _labelset_as_prompt, 1, "labelset artifact, but a prompt"),
+    ("nan-features", _with_features(_nan), 1, "NaN or infinite"),
+    ("inf-features", _with_features(_inf), 1, "test.features holds 1 NaN or infinite"),
+    ("nan-views", _with_features(_nan_view), 1, "train.views holds 1 NaN or infinite value(s), "
+     "first in row 7"),  # fmt: skip
+    ("label-outside-classes", _label_outside, 1, "label 5 outside 0..4"),
+    ("negative-label", _negative_label, 1, "label -1 outside"),
+    ("ragged-labelset", _ragged, 1, "differ in length"),
+    ("index-outside-features", _index_outside, 1, "index points outside"),
+    ("upstream-changed", _upstream_changed, 1, "changed after"),
+    ("upstream-deleted", _upstream_gone, 1, "no longer exists"),
+    ("other-classes", _other_classes_than_features, 1, "other classes"),
+    ("prompt-other-classes", _prompt_for_other_classes, 1, "other classes"),
+    ("another-clip-model", _another_model, 1, "another CLIP model"),
+    ("unknown-loss", lambda t, f, ls, c: ["analyze-grad", ls, "--loss", "dsoftmx"], 2, "did you"),
+    ("unknown-knob", lambda t, f, ls, c: ["analyze-grad", ls, "--knob", "ce.q=1"], 2, "no knob"),
+    (
+        "knob-out-of-range",
+        lambda t, f, ls, c: ["analyze-grad", ls, "--loss", "gce", "--knob", "gce.q=3"],
+        2,
+        "must lie in",
+    ),  # fmt: skip
+    (
+        "needs-partition",
+        lambda t, f, ls, c: ["analyze-grad", ls, "--loss", "nlprompt"],
+        2,
+        "needs a clean/noisy partition",
+    ),  # fmt: skip
+    ("unknown-option", lambda t, f, ls, c: ["analyze-grad", ls, "--sym", "0.2"], 2, "No such"),
+    (
+        "unknown-model",
+        lambda t, f, ls, c: ["analyze-grad", ls, "--model", "ViT-B/61"],
+        2,
+        "did you mean 'ViT-B/16'",
+    ),  # fmt: skip
+    ("unwritable-out", _unwritable_out, 1, "cannot write"),
+]
+
+
+@pytest.fixture
+def inputs(tmp_path, tiny_clip):
+    feats = make_features(tmp_path / "feats.safetensors", tiny_clip)
+    labels = make_labelset(tmp_path / "labels.safetensors", feats)
+    return tmp_path, feats, labels, tiny_clip
+
+
+@pytest.mark.parametrize("case,build,code,pattern", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_and_damages_nothing(cli, inputs, case, build, code, pattern):
+    tmp, feats, labels, clip = inputs
+    existing = tmp / "result.json"
+    existing.write_text('{"earlier": "result"}\n')
+    args = build(tmp, feats, labels, clip)
+    if "--out" not in args:
+        args += ["--out", existing]
+    before = {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file()}
+    r = cli(*args)
+    assert r.code == code, r.stderr
+    assert r.stdout == ""
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert pattern in r.stderr and "Traceback" not in r.stderr
+    after = {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing damaged, no temporary files left
+
+
+def test_the_same_command_succeeds_on_good_input(cli, inputs):
+    tmp, feats, labels, clip = inputs
+    r = cli("analyze-grad", labels, "--model", clip, "--out", tmp / "result.json")
+    assert r.code == 0, r.stderr
+    assert r.stdout.strip() == str(tmp / "result.json")
+
+
+@pytest.mark.parametrize("stdin,code,pattern", [
+    ("", 2, "stdin was empty"),
+    ("\n \n", 2, "stdin was empty"),
+    ("/no/such/labels.safetensors\n", 1, "no such file"),
+])  # fmt: skip
+def test_stdin_faults(cli, stdin, code, pattern):
+    r = cli("analyze-grad", stdin=stdin)
+    assert r.code == code and r.stdout == "" and pattern in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_no_input_from_a_terminal_is_a_usage_error(cli):
+    r = cli("analyze-grad")
+    assert r.code == 2 and r.stdout == "" and "pass a path, or pipe one in" in r.stderr
+
+
+def test_debug_switch_shows_the_exception(cli, inputs, monkeypatch):
+    from nlp_cli.cli import run
+
+    tmp = inputs[0]
+    monkeypatch.setenv("NLP_DEBUG", "1")
+    with pytest.raises(ArtifactError, match="no such file"):
+        run(["analyze-grad", str(tmp / "nope.safetensors")])
+
+
+def test_unexpected_failure_is_still_one_line(cli, inputs, monkeypatch):
+    from nlp_cli import analysis
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(analysis, "prepare", boom)
+    tmp, feats, labels, clip = inputs
+    r = cli("analyze-grad", labels, "--model", clip)
+    assert r.code == 1 and r.stdout == ""
+    assert r.stderr == "error: RuntimeError: disk on fire (set NLP_DEBUG=1 for the traceback)\n"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(cli, inputs, monkeypatch):
+    from nlp_cli import analysis
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(analysis, "prepare", interrupted)
+    r = cli("analyze-grad", inputs[2], "--model", inputs[3])
+    assert r.code == 130 and r.stdout == "" and r.stderr == "error: interrupted\n"
+
+
+def test_a_damaged_artifact_at_out_is_replaced_not_trusted(cli, inputs):
+    tmp, feats, labels, clip = inputs
+    out = tmp / "r.json"
+    out.write_text("{half a json")
+    r = cli("analyze-grad", labels, "--model", clip, "--out", out)
+    assert r.code == 0 and json.loads(out.read_text())["ce"]["noisy"]["n"] == 5
+
+
+# --- datasets and embed ------------------------------------------------------------------------
+
+
+def image(path: Path, color=(200, 30, 30), size=(24, 20)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+
+
+def textured(root: Path, classes: list[str], n: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            px = torch.randint(0, 256, (18 * 22 * 3,), generator=g, dtype=torch.uint8)
+            Image.frombytes("RGB", (22, 18), bytes(px.tolist())).save(root / c / f"{i}.png")
+
+
+def _empty_folder(tmp):
+    (tmp / "empty").mkdir()
+    return tmp / "empty"
+
+
+def _classes_without_images(tmp):
+    (tmp / "d" / "cat").mkdir(parents=True)
+    (tmp / "d" / "dog").mkdir(parents=True)
+    image(tmp / "d" / "dog" / "1.png")
+    return tmp / "d"
+
+
+def _empty_csv(tmp):
+    (tmp / "list.csv").write_text("path,label\n")
+    return tmp / "list.csv"
+
+
+def _csv_missing_image(tmp):
+    image(tmp / "a.png")
+    (tmp / "list.csv").write_text("a.png,cat,train\nb.png,dog,test\n")
+    return tmp / "list.csv"
+
+
+def _not_a_csv(tmp):
+    (tmp / "x.json").write_text("{}")
+    return tmp / "x.json"
+
+
+def _too_few_images(tmp):
+    for c in ("cat", "dog"):
+        for i in range(2):
+            image(tmp / "d" / c / f"{i}.png")
+    return tmp / "d"
+
+
+DATASET_FAULTS = [
+    ("empty-folder", _empty_folder, 2, "no class sub-folders"),
+    ("class-without-images", _classes_without_images, 2, "class folders without images: cat"),
+    ("empty-csv", _empty_csv, 2, "has no rows"),
+    ("csv-missing-image", _csv_missing_image, 1, "listed images do not exist"),
+    ("not-a-csv", _not_a_csv, 2, "not a CSV"),
+    ("too-few-images", _too_few_images, 1, "too few for a train/val/test split"),
+    ("unknown-dataset", lambda tmp: "eurosta", 2, "did you mean 'eurosat'"),
+]
+
+
+@pytest.mark.parametrize(
+    "case,build,code,pattern", DATASET_FAULTS, ids=[c[0] for c in DATASET_FAULTS]
+)
+def test_bad_dataset_is_one_line(cli, tiny_clip, tmp_path, nlp_home, case, build, code, pattern):
+    r = cli("embed", build(tmp_path), "--model", tiny_clip, "--root", tmp_path / "root")
+    assert r.code == code, r.stderr
+    assert r.stdout == "" and r.stderr.count("\n") == 1 and pattern in r.stderr
+    assert not (nlp_home / "artifacts").exists()
+
+
+def test_a_class_without_training_images_is_kept_with_a_warning(cli, tiny_clip, tmp_path):
+    for split, classes in (("train", ["a", "b"]), ("test", ["a", "b", "c"])):
+        for c in classes:
+            image(tmp_path / "d" / split / c / "1.png", color=(len(c) * 40, 9, 9))
+    r = cli("embed", tmp_path / "d", "--model", tiny_clip)
+    assert r.code == 0, r.stderr
+    assert "1 class(es) have no training image: c" in r.stderr
+    art = artifacts.load(r.stdout.strip(), "features")
+    assert art.classnames == ["a", "b", "c"]
+    assert art.tensors["train.labels"].tolist() == [0, 1]
+    assert art.tensors["test.labels"].tolist() == [0, 1, 2]
+
+
+def test_embed_into_an_unwritable_folder(cli, tiny_clip, tmp_path):
+    textured(tmp_path / "d" / "train", ["a", "b"], 2)
+    textured(tmp_path / "d" / "test", ["a", "b"], 1)
+    (tmp_path / "a-file").write_text("x")
+    r = cli("embed", tmp_path / "d", "--model", tiny_clip, "--out", tmp_path / "a-file" / "f.st")
+    assert r.code == 1 and r.stdout == "" and "cannot write" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage", None])
+def test_a_damaged_shard_is_redone(tiny_clip, tmp_path, damage):
+    textured(tmp_path / "d" / "train", ["a", "b"], 3)
+    textured(tmp_path / "d" / "test", ["a", "b"], 1)
+    ds = datasets.load(str(tmp_path / "d"))
+    opts = EmbedOptions(shard_size=2)
+    ref = artifacts.load(embed(ds, str(tiny_clip), opts, tmp_path / "ref.st").path).tensors
+    out = tmp_path / "out.st"
+    key = artifacts.read_meta(tmp_path / "ref.st")["key"]
+    work = tmp_path / f".out.st.{key}.work"
+    work.mkdir()
+    good = load_raw_shard(ds, tiny_clip, opts, tmp_path)
+    shard = work / "train-000000002.safetensors"
+    if damage is None:  # a truncated copy of a real shard
+        shard.write_bytes(good[: len(good) // 2])
+    else:
+        shard.write_bytes(damage)
+    got = artifacts.load(embed(ds, str(tiny_clip), opts, out).path).tensors
+    assert set(got) == set(ref)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])
+
+
+def load_raw_shard(ds, clip, opts, tmp) -> bytes:
+    from nlp_cli.embed import encode_shards
+
+    work = tmp / "shards"
+    encode_shards(ds, clip_model.load(str(clip)), opts, work)
+    return (work / "train-000000002.safetensors").read_bytes()
+
+
+# --- downloads ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http():
+    from test_download import Server
+
+    s = Server()
+    yield s
+    s.close()
+
+
+def test_http_404_is_one_clear_error(http, tmp_path):
+    from nlp_cli.datasets import download as dl
+
+    with pytest.raises(dl.DownloadError, match="HTTP 404"):
+        dl.fetch(http.url + "/gone.zip", tmp_path / "gone.zip", progress=False, retries=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_an_archive_is_refused(tmp_path):
+    from nlp_cli.datasets import download as dl
+
+    (tmp_path / "a.tar.gz").write_bytes(b"<html>captive portal</html>")
+    with pytest.raises(NlpError, match="neither a tar nor a zip"):
+        dl.extract(tmp_path / "a.tar.gz", tmp_path / "out")
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+def test_truncated_archive_without_checksum_fails_cleanly_and_retries(cli, http, tmp_path, fmt):
+    """A server that sends a short archive (and no checksum to catch it): nothing half-done."""
+    import dataclasses
+
+    from test_download import jpeg, local, targz, zipped
+
+    spec = datasets.get("eurosat")
+    members = {f"2750/AnnualCrop/AnnualCrop_{i}.jpg": jpeg(size=(64, 64)) for i in range(40)}
+    members |= {f"2750/Forest/Forest_{i}.jpg": jpeg((9, 99, 9), (64, 64)) for i in range(40)}
+    data = targz(members) if fmt == "tar.gz" else zipped(members)
+    name = spec.sources[0].filename
+    spec = local(spec, http, {name: data[: len(data) * 2 // 3]})
+    spec = dataclasses.replace(spec, sources=spec.sources[:1])
+    from nlp_cli.datasets import download as dl
+
+    root = tmp_path / "root"
+    with pytest.raises(NlpError, match="truncated"):
+        dl.fetch_dataset(spec, root, progress=False)
+    folder = root / spec.folder
+    assert not spec.present(folder)
+    assert not (root / ".downloads" / name).exists()
+    # The server heals: the rerun downloads afresh and completes the half-extracted folder.
+    http.files[next(iter(http.files))] = data
+    folder, _ = dl.fetch_dataset(spec, root, progress=False)
+    assert spec.present(folder)
+    assert len(list((folder / "2750" / "Forest").iterdir())) == 40
+
+
+# --- interruption and concurrency ---------------------------------------------------------------
+
+
+def _env(**extra) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def interrupt_data(tmp_path_factory, tiny_clip):
+    """A dataset of 7 shards of 2 images and its uninterrupted features (the reference)."""
+    root = tmp_path_factory.mktemp("interrupt")
+    textured(root / "d" / "train", ["a", "b"], 5)
+    textured(root / "d" / "test", ["a", "b"], 2)
+    ds = datasets.load(str(root / "d"))
+    ref = embed(ds, str(tiny_clip), EmbedOptions(shard_size=2), root / "ref.st")
+    return root / "d", artifacts.load(ref.path).tensors
+
+
+def _embed_cmd(data: Path, clip: Path, out: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "nlp_cli", "embed", str(data), "--model", str(clip)]
+    return cmd + ["--shard-size", "2"] + (["--out", str(out)] if out else [])
+
+
+def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_embed_killed_part_way_resumes_to_the_same_features(
+    interrupt_data, tiny_clip, tmp_path, sig
+):
+    data, ref = interrupt_data
+    out = tmp_path / "f.st"
+    proc = subprocess.Popen(
+        _embed_cmd(data, tiny_clip, out),
+        env=_env(NLP_TEST_SHARD_PAUSE="0.4"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    shards = lambda: list(tmp_path.glob(".f.st.*.work/*.safetensors"))  # noqa: E731
+    _wait_for(lambda: len(shards()) >= 2, proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert stdout == "" and not out.exists()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted"
+        assert not list(tmp_path.rglob("*.tmp"))  # the shard being written was cleaned away
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    done_before = len(shards())
+    assert 2 <= done_before < 7
+
+    ds = datasets.load(str(data))
+    progress: list[tuple[int, int]] = []
+    res = embed(
+        ds, str(tiny_clip), EmbedOptions(shard_size=2), out, lambda d, t: progress.append((d, t))
+    )
+    assert progress[0] == (2 * done_before, 14)  # resumed: the finished shards were not redone
+    got = artifacts.load(res.path).tensors
+    assert set(got) == set(ref)
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    assert [p.name for p in tmp_path.iterdir()] == ["f.st"]  # work folder and lock are gone
+
+
+def test_two_processes_embedding_at_once_take_turns(interrupt_data, tiny_clip, tmp_path, nlp_home):
+    data, ref = interrupt_data
+    env = _env(NLP_TEST_SHARD_PAUSE="0.2", NLP_HOME=str(nlp_home))
+    procs = [
+        subprocess.Popen(
+            _embed_cmd(data, tiny_clip, None),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    paths = {stdout.strip() for stdout, _ in results}
+    assert len(paths) == 1
+    # One did the work; the other waited for the lock and found the finished artifact.
+    assert sum("cache hit" in stderr for _, stderr in results) == 1
+    got = artifacts.load(paths.pop()).tensors
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    folder = nlp_home / "artifacts" / "features"
+    assert len(list(folder.iterdir())) == 1  # no work folder, lock or temporary file left
+
+
+def test_lock_waits_for_the_holder(tmp_path):
+    """A second holder blocks until the first releases; the lock file goes away after."""
+    import threading
+
+    lock = tmp_path / "x.lock"
+    order = []
+
+    def second():
+        with artifacts.locked(lock):
+            order.append(2)
+
+    with artifacts.locked(lock):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append(1)
+    t.join(10)
+    assert order == [1, 2] and not lock.exists()
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "truncated"])
+def test_damaged_clip_checkpoint_is_one_line(cli, tiny_clip, tmp_path, damage):
+    textured(tmp_path / "d" / "train", ["a", "b"], 2)
+    textured(tmp_path / "d" / "test", ["a", "b"], 1)
+    bad = tmp_path / "clip.pt"
+    data = tiny_clip.read_bytes()
+    bad.write_bytes(bytes(range(256)) * 64 if damage == "random-bytes" else data[: len(data) // 2])
+    r = cli("embed", tmp_path / "d", "--model", bad)
+    assert r.code == 1 and r.stdout == "" and "is not a loadable CLIP checkpoint" in r.stderr
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr

@@ -1,0 +1,141 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from nlp_cli import sweep
+from nlp_cli.errors import UsageError
+
+GRID = """
+name: tiny
+datasets: [{feats}]
+model: tiny-shapes
+noise: [{{sym: 0.4}}, {{type: pair, rate: 0.2}}]
+methods:
+  - ce
+  - {{name: DSPT, loss: dsoftmax}}
+  - {{name: NLPrompt, loss: nlprompt}}
+seeds: [1, 2]
+train: {{epochs: 3, batch_size: 8}}
+"""
+
+
+@pytest.fixture
+def grid_file(tmp_path):
+    feats = tmp_path / "feats.safetensors"
+    feats.write_bytes(b"stand-in: the fake runner never reads it")
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID.format(feats=feats))
+    return path
+
+
+class FakeStages:
+    """Stands in for the stages: records each call and writes the file its --out names."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv):
+        self.calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if argv[0] == "eval":
+            acc = 0.25 if "--zero-shot" in argv else 0.5 + 0.01 * len(self.calls)
+            out.write_text(json.dumps({"acc1": acc, "last5_mean_acc": acc - 0.01}))
+        else:
+            out.write_text(" ".join(argv))
+
+
+def test_grid_cells_and_method_defaults(grid_file):
+    grid = sweep.load_grid(grid_file)
+    assert len(grid.cells()) == 2 * 3 * 2
+    nlprompt = grid.methods[2]
+    assert (nlprompt.loss, nlprompt.purify) == ("nlprompt", "ot")
+    assert grid.methods[0].purify is None
+    assert [n.slug for n in grid.noise] == ["sym40", "pair20"]
+
+
+def test_sweep_runs_every_stage_once_and_reruns_nothing(grid_file, monkeypatch):
+    grid = sweep.load_grid(grid_file)
+    stages = FakeStages()
+    first = sweep.run_sweep(grid, runner=stages)
+    by_stage = {s: sum(c[0] == s for c in stages.calls) for s in ("corrupt", "purify", "train")}
+    # label sets are shared by methods: one per noise setting and seed
+    assert by_stage == {"corrupt": 4, "purify": 4, "train": 12}
+    assert first.ran == 12 and len(first.records) == 12
+    assert first.zero_shot == {"feats": 0.25}
+    train = next(c for c in stages.calls if c[0] == "train" and "dsoftmax" in c)
+    assert train[train.index("--epochs") + 1] == "3" and "--batch-size" in train
+    nlp_train = next(c for c in stages.calls if c[0] == "train" and "nlprompt" in c)
+    assert "-ot.safetensors" in nlp_train[1]
+
+    stages.calls.clear()
+    again = sweep.run_sweep(grid, runner=stages)
+    assert stages.calls == [] and again.skipped == 12 and again.records == first.records
+
+
+def test_ranks_share_the_cells_without_overlap(grid_file, monkeypatch):
+    grid = sweep.load_grid(grid_file)
+    seen = []
+    for rank in (0, 1, 2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        monkeypatch.setattr(sweep, "_barrier", lambda: None)
+        stages = FakeStages()
+        sweep.run_sweep(grid, runner=stages)
+        seen += [c[-1] for c in stages.calls if c[0] == "train"]
+    assert len(seen) == 12 and len(set(seen)) == 12
+
+
+def test_tables_written_in_paper_shape(grid_file):
+    grid = sweep.load_grid(grid_file)
+    result = sweep.run_sweep(grid, runner=FakeStages())
+    paths = sweep.write_tables(result, grid, plot=False)
+    md = paths["markdown"].read_text()
+    assert "| Method | Sym 40% | Pair 20% |" in md
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["Zero-shot CLIP", "ce", "DSPT", "NLPrompt"]
+    assert "±" in md  # two seeds per cell
+    assert paths["csv"].read_text().count("\n") == 1 + 2 * 4
+
+
+def test_last_epoch_metric_reads_acc1():
+    cell = sweep.Cell("d", sweep.Noise("sym", 0.8), sweep.Method("ce", "ce"), 1)
+    metrics = {"acc1": 0.6, "last5_mean_acc": 0.55}
+    assert sweep.record(cell, metrics, "last5")["acc"] == 0.55
+    assert sweep.record(cell, metrics, "final")["acc"] == 0.6
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("datasets: [x]\nmodel: m\nmethods: [cee]", "did you mean"),
+        ("datasets: [x]\nmodel: m\nmethods: [ce]\nnoise: [{sym: 1.2}]", "outside"),
+        ("datasets: [x]\nmodel: m\nmethods: [ce]\nnoise: [{gauss: 0.2}]", "unknown"),
+        ("datasets: [x]\nmodel: m\nmethods: [ce]\nepochs: 3", "unknown key"),
+        ("datasets: [x]\nmethods: [ce]", "`model` is required"),
+        ("datasets: [x\n", "not valid YAML"),
+    ],
+)
+def test_bad_grids_are_one_line_usage_errors(tmp_path, text, message):
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=message) as info:
+        sweep.load_grid(path)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_dry_run_lists_cells(cli, grid_file):
+    r = cli("sweep", grid_file, "--dry-run", "--json")
+    assert r.code == 0
+    assert len(json.loads(r.stdout)["cells"]) == 12
+    assert r.stderr.count("pending") == 12
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_example_grids_are_valid(path):
+    grid = sweep.load_grid(path)
+    assert grid.cells()
+    assert len({c.slug for c in grid.cells()}) == len(grid.cells())
