@@ -55,17 +55,34 @@ def _init_ctx(path: Path, features_meta: dict[str, Any]):
     return art.tensors["ctx"], art.ref()
 
 
+def _complete_loss(incomplete: str) -> list[str]:
+    from nlp_cli.losses import list_losses
+
+    return [n for n in list_losses() if n.startswith(incomplete)]
+
+
+def _choices(*names: str):
+    return lambda incomplete: [n for n in names if n.startswith(incomplete)]
+
+
 def register(app: typer.Typer) -> None:
     """Add the `train` command."""
+    from nlp_cli.losses import list_losses
 
     @app.command("train")
     def train(
         data: Path | None = typer.Argument(
             None, help="Label set, partition or features file (default: a path piped on stdin)."
         ),
-        loss: str | None = typer.Option(None, "--loss", help="Loss name (default ce)."),
+        loss: str | None = typer.Option(
+            None,
+            "--loss",
+            help=f"Loss (default ce): {', '.join(list_losses())}.",
+            autocompletion=_complete_loss,
+        ),
         protocol: str | None = typer.Option(
-            None, "--protocol", help="dspt (50 epochs, plain SGD) or nlprompt (200, momentum)."
+            None, "--protocol", autocompletion=_choices("dspt", "nlprompt"),
+            help="dspt (50 epochs, plain SGD) or nlprompt (200, momentum)."
         ),
         epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (default 50)."),
         lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 0.002)."),
@@ -86,13 +103,16 @@ def register(app: typer.Typer) -> None:
             None, "--csc/--shared-ctx", help="Class-specific context (default shared)."
         ),
         class_token_position: str | None = typer.Option(
-            None, "--class-token-position", help="end, middle or front (end)."
+            None, "--class-token-position", autocompletion=_choices("end", "middle", "front"),
+            help="end, middle or front (end)."
         ),
         targets: str | None = typer.Option(
-            None, "--targets", help="labels, or zero-shot pseudo-labels (Robust-UPL with gce)."
+            None, "--targets", autocompletion=_choices("labels", "zero-shot"),
+            help="labels, or zero-shot pseudo-labels (Robust-UPL with gce)."
         ),
         repurify: str | None = typer.Option(
-            None, "--repurify", help="none (use the partition) or epoch (PromptOT each epoch)."
+            None, "--repurify", autocompletion=_choices("none", "epoch"),
+            help="none (use the partition) or epoch (PromptOT each epoch)."
         ),
         q: float | None = typer.Option(None, "--q", help="gce's q (0.7)."),
         eps: float | None = typer.Option(None, "--eps", help="ls's ε (0.2)."),
