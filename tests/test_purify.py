@@ -194,6 +194,7 @@ def test_cli_purify_errors(cli, features, tmp_path, tiny_clip):
         (["--method", "otx"], "did you mean 'ot'"),
         (["--reg", "0"], "--reg must be positive"),
         (["--solver", "numpy"], "unknown --solver"),
+        (["--method", "gmm", "--reg", "0.1"], "apply to --method ot"),
     ]:
         r = cli("purify", ls, *args)
         assert r.code == 2 and needle in r.stderr and r.stdout == ""
