@@ -224,3 +224,43 @@ def test_done_when_mini_eurosat_corrupt_then_purify(cli, tiny_clip, tmp_path):
     det = json.loads(r.stdout)["detection"]
     assert det["n_noisy"] == 30 and det["n"] == 60
     assert set(det) >= {"precision", "recall", "f1", "auroc"}
+
+
+def test_cli_prompt_file_gives_the_prototypes(cli, features, tiny_clip, tmp_path):
+    from nlp_cli import clip_model
+    from nlp_cli.prompt import PromptLearner
+
+    ls = cli("corrupt", features, "--sym", "0.4").stdout.strip()
+    feats = artifacts.load(features)
+    loaded = clip_model.load(str(tiny_clip))
+    learner = PromptLearner(loaded.model, feats.classnames, ctx_init="a photo of a")
+    meta = {
+        "model": feats.model,
+        "dataset": feats.meta["dataset"],
+        "classnames": feats.classnames,
+        "prompt": {
+            "n_ctx": learner.n_ctx,
+            "csc": False,
+            "position": "end",
+            "ctx_init": "a photo of a",
+        },
+        "options": {},
+        "upstream": {"features": feats.ref()},
+        "key": "p",
+    }
+    pf = artifacts.save(tmp_path / "p.safetensors", "prompt", {"ctx": learner.ctx.detach()}, meta)
+    hand = artifacts.load(cli("purify", ls).stdout.strip(), "partition")
+    r = cli("purify", ls, "--prompt", pf)
+    assert r.code == 0, r.stderr
+    got = artifacts.load(r.stdout.strip(), "partition")
+    assert got.path != hand.path and got.meta["upstream"]["prompt"][
+        "digest"
+    ] == artifacts.file_digest(pf)
+    assert torch.equal(got.tensors["clean"], hand.tensors["clean"])
+    assert torch.allclose(got.tensors["scores"], hand.tensors["scores"], atol=1e-4)
+    other = dict(meta, classnames=[*feats.classnames[:-1], "zebra"])
+    bad = artifacts.save(
+        tmp_path / "bad.safetensors", "prompt", {"ctx": learner.ctx.detach()}, other
+    )
+    r = cli("purify", ls, "--prompt", bad)
+    assert r.code == 1 and "other classes" in r.stderr
