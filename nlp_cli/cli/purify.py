@@ -118,6 +118,8 @@ def register(app: typer.Typer) -> None:
                 )
             opts: dict[str, Any] = {"reg": reg, "solver": solver}
         else:
+            if reg != 0.01 or solver != "torch":
+                raise UsageError(f"--reg and --solver apply to --method ot, not {method}")
             opts = {}
         path = output.input_path(labels, "label set")
         ls = artifacts.load(path, ("labelset", "partition"))
