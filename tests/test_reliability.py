@@ -567,7 +567,7 @@ def test_embed_killed_part_way_resumes_to_the_same_features(
     out = tmp_path / "f.st"
     proc = subprocess.Popen(
         _embed_cmd(data, tiny_clip, out),
-        env=_env(NLP_TEST_SHARD_PAUSE="0.4"),
+        env=_env(NLP_TEST_PAUSE="0.4"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -600,7 +600,7 @@ def test_embed_killed_part_way_resumes_to_the_same_features(
 
 def test_two_processes_embedding_at_once_take_turns(interrupt_data, tiny_clip, tmp_path, nlp_home):
     data, ref = interrupt_data
-    env = _env(NLP_TEST_SHARD_PAUSE="0.2", NLP_HOME=str(nlp_home))
+    env = _env(NLP_TEST_PAUSE="0.2", NLP_HOME=str(nlp_home))
     procs = [
         subprocess.Popen(
             _embed_cmd(data, tiny_clip, None),
