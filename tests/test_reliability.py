@@ -281,6 +281,81 @@ def test_bad_input_is_one_line_and_damages_nothing(cli, inputs, case, build, cod
     assert after == before  # nothing written, nothing damaged, no temporary files left
 
 
+def _map_file(tmp: Path, text: str) -> Path:
+    (tmp / "map.yaml").write_text(text)
+    return tmp / "map.yaml"
+
+
+def _one_class(tmp, feats, labels, clip):
+    return ["corrupt", make_features(tmp / "one.safetensors", clip, n_classes=1), "--sym", "0.2"]
+
+
+def _corrupt_nan(tmp, feats, labels, clip):
+    art = artifacts.load(feats)
+    return ["corrupt", rewrite(feats, tmp / "nan.safetensors", _nan(dict(art.tensors)))]
+
+
+def _a_prompt(tmp, feats, labels, clip):
+    p = artifacts.save(tmp / "p.safetensors", "prompt", {"ctx": torch.zeros(4, 32)}, {})
+    return ["purify", p]
+
+
+def _purify_other_prompt(tmp, feats, labels, clip):
+    args = _prompt_for_other_classes(tmp, feats, labels, clip)
+    return ["purify", *args[1:]]
+
+
+# The same contract for `nlp corrupt` and `nlp purify`.
+STAGE_INPUTS: list[tuple[str, Builder, int, str]] = [
+    ("sym-above-one", lambda t, f, ls, c: ["corrupt", f, "--sym", "1.2"], 2,
+     "--sym must lie in [0, 1), got 1.2"),
+    ("sym-negative", lambda t, f, ls, c: ["corrupt", f, "--sym=-0.1"], 2, "must lie in [0, 1)"),
+    ("pair-one", lambda t, f, ls, c: ["corrupt", f, "--pair", "1"], 2, "must lie in [0, 1)"),
+    ("pair-nan", lambda t, f, ls, c: ["corrupt", f, "--pair", "nan"], 2, "got nan"),
+    ("two-noise-types", lambda t, f, ls, c: ["corrupt", f, "--sym", "0.2", "--pair", "0.2"], 2,
+     "choose one noise type"),
+    ("no-clean-sample-left", lambda t, f, ls, c: ["corrupt", f, "--sym", "0.99"], 2,
+     "leaves no clean sample"),
+    ("few-shots-no-clean-left", lambda t, f, ls, c: ["corrupt", f, "--shots", "1", "--pair",
+     "0.9"], 2, "leaves no clean sample"),
+    ("one-class", _one_class, 2, "at least 2 classes"),
+    ("shots-zero", lambda t, f, ls, c: ["corrupt", f, "--shots", "0"], 2, "--shots must be"),
+    ("rate-without-map", lambda t, f, ls, c: ["corrupt", f, "--sym", "0.2", "--rate", "0.5"], 2,
+     "--rate only applies to --map"),
+    ("map-unknown-class", lambda t, f, ls, c: ["corrupt", f, "--map", _map_file(t,
+     '"class x": "class a"')], 2, "unknown class"),
+    ("map-to-itself", lambda t, f, ls, c: ["corrupt", f, "--map", _map_file(t,
+     '"class a": "class a"')], 2, "mapped to itself"),
+    ("map-not-a-mapping", lambda t, f, ls, c: ["corrupt", f, "--map", _map_file(t, "- a\n")], 2,
+     "expected a non-empty mapping"),
+    ("map-missing", lambda t, f, ls, c: ["corrupt", f, "--map", t / "none.yaml"], 2,
+     "cannot read it"),
+    ("labelset-as-features", lambda t, f, ls, c: ["corrupt", ls], 1,
+     "labelset artifact, but a features is expected"),
+    ("corrupt-nan-features", _corrupt_nan, 1, "NaN or infinite"),
+    ("corrupt-empty-stdin", lambda t, f, ls, c: ["corrupt"], 2, "no feature cache given"),
+    ("unknown-purifier", lambda t, f, ls, c: ["purify", ls, "--method", "ott"], 2,
+     "unknown purifier 'ott' (did you mean 'ot'?)"),
+    ("reg-zero", lambda t, f, ls, c: ["purify", ls, "--reg", "0"], 2, "--reg must be positive"),
+    ("unknown-solver", lambda t, f, ls, c: ["purify", ls, "--solver", "cvx"], 2, "--solver"),
+    ("features-as-labelset", lambda t, f, ls, c: ["purify", f], 1,
+     "features artifact, but a labelset or partition"),
+    ("prompt-as-labelset", _a_prompt, 1, "prompt artifact, but a labelset or partition"),
+    ("purify-prompt-other-classes", _purify_other_prompt, 1, "other classes"),
+    ("purify-upstream-changed", lambda t, f, ls, c: ["purify", *_upstream_changed(t, f, ls, c)[1:]],
+     1, "changed after"),
+    ("purify-unwritable-out", lambda t, f, ls, c: ["purify", *_unwritable_out(t, f, ls, c)[1:]],
+     1, "cannot write"),
+    ("corrupt-unwritable-out", lambda t, f, ls, c: ["corrupt", f, "--sym", "0.2", "--out",
+     _unwritable_out(t, f, ls, c)[-1]], 1, "cannot write"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case,build,code,pattern", STAGE_INPUTS, ids=[c[0] for c in STAGE_INPUTS])
+def test_corrupt_and_purify_refuse_bad_input(cli, inputs, case, build, code, pattern):
+    test_bad_input_is_one_line_and_damages_nothing(cli, inputs, case, build, code, pattern)
+
+
 def test_the_same_command_succeeds_on_good_input(cli, inputs):
     tmp, feats, labels, clip = inputs
     r = cli("analyze-grad", labels, "--model", clip, "--out", tmp / "result.json")
