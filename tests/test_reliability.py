@@ -220,8 +220,12 @@ BAD_INPUTS: list[tuple[str, Builder, int, str]] = [
     ("labelset-as-prompt", _labelset_as_prompt, 1, "labelset artifact, but a prompt"),
     ("nan-features", _with_features(_nan), 1, "NaN or infinite"),
     ("inf-features", _with_features(_inf), 1, "test.features holds 1 NaN or infinite"),
-    ("nan-views", _with_features(_nan_view), 1, "train.views holds 1 NaN or infinite value(s), "
-     "first in row 7"),  # fmt: skip
+    (
+        "nan-views",
+        _with_features(_nan_view),
+        1,
+        "train.views holds 1 NaN or infinite value(s), first in row 7",
+    ),  # fmt: skip
     ("label-outside-classes", _label_outside, 1, "label 5 outside 0..4"),
     ("negative-label", _negative_label, 1, "label -1 outside"),
     ("ragged-labelset", _ragged, 1, "differ in length"),
