@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nlp_cli import clip_model
@@ -110,3 +111,151 @@ def plain_text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
     x = model.ln_final(x)
     eot = learner.tokenized.argmax(dim=-1)
     return x[torch.arange(x.shape[0], device=x.device), eot] @ model.text_projection
+
+
+def _layer_norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
+    # CLIP's LayerNorm runs in float32 whatever the weights' dtype.
+    w, b = ln.weight.detach().float(), ln.bias.detach().float()
+    return F.layer_norm(x.float(), w.shape, w, b, ln.eps).to(x.dtype)
+
+
+def _linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, layer.weight.detach(), layer.bias.detach())
+
+
+def _qkv(blk: Any, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+    """Queries, keys and values of `x` [B, T, W] as [B, heads, T, W/heads]."""
+    attn = blk.attn
+    qkv = F.linear(x, attn.in_proj_weight.detach(), attn.in_proj_bias.detach())
+    b, t, w = x.shape
+    return tuple(
+        part.reshape(b, t, heads, w // heads).transpose(1, 2) for part in qkv.chunk(3, dim=-1)
+    )
+
+
+def _attend(blk: Any, q, k, v, mask: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    b, h, t, d = out.shape
+    out = out.transpose(1, 2).reshape(b, t, h * d)
+    return F.linear(out, blk.attn.out_proj.weight.detach(), blk.attn.out_proj.bias.detach())
+
+
+def _mlp(blk: Any, x: torch.Tensor) -> torch.Tensor:
+    h = _linear(blk.mlp.c_fc, _layer_norm(blk.ln_2, x))
+    return _linear(blk.mlp.c_proj, h * torch.sigmoid(1.702 * h))
+
+
+def shared_prefix_len(learner: PromptLearner) -> int:
+    """Leading positions identical in every class's prompt: [SOS] plus the context before the
+    class name (all of it at the end, the first half in the middle); 0 for class-specific ctx."""
+    if learner.csc:
+        return 0
+    if learner.position == "end":
+        return 1 + learner.n_ctx
+    if learner.position == "middle":
+        return 1 + learner.n_ctx // 2
+    return 0
+
+
+def text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
+    """The same features as plain_text_features, [C, embed_dim], computed cheaply.
+
+    Exact savings (SPEC §6): positions after a prompt's EOT are never read by a causal encoder,
+    so the per-token layers run only on each class's tokens up to its own EOT (packed, no
+    padding); a prefix shared by all prompts has the same hidden states in every class, so it
+    runs once and the class suffixes attend to its keys and values; the last layer runs only at
+    the EOT position; the frozen weights are detached, so only ctx gets gradients.
+    """
+    blocks = list(model.transformer.resblocks)
+    heads = blocks[0].attn.num_heads
+    eot = learner.tokenized.argmax(dim=-1)
+    length = int(eot.max()) + 1
+    prompts = learner()[:, :length]
+    x = prompts + model.positional_embedding[:length].detach().to(prompts.dtype)
+    n_cls, _, width = x.shape
+    device = x.device
+    p = min(shared_prefix_len(learner), int(eot.min()))
+    hp = x[:1, :p] if p else None
+    s = length - p
+    rows = (eot - p).to(device)
+    # Suffix position j of class c is computed iff it is at or before that class's EOT.
+    valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
+    hv = x[:, p:][valid]
+    eot_at = torch.cumsum(valid.sum(dim=1), dim=0) - 1
+    mask = torch.ones(s, p + s, dtype=torch.bool, device=device)
+    mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+
+    def heads_of(t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.reshape(b, n, heads, width // heads).transpose(1, 2)
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        out = t.new_zeros(n_cls, s, t.shape[-1])
+        out[valid] = t
+        return out
+
+    for i, blk in enumerate(blocks):
+        attn = blk.attn
+        w_in, b_in = attn.in_proj_weight.detach(), attn.in_proj_bias.detach()
+        last = i == len(blocks) - 1
+        a = _layer_norm(blk.ln_1, hv)
+        if last:
+            kv = F.linear(a, w_in[width:], b_in[width:])
+            q = F.linear(a[eot_at], w_in[:width], b_in[:width])[:, None]
+        else:
+            qkv = padded(F.linear(a, w_in, b_in))
+            q, kv = qkv[..., :width], qkv[..., width:]
+        k, v = (heads_of(t) for t in (padded(kv) if last else kv).chunk(2, dim=-1))
+        if hp is not None:
+            qp, kp, vp = _qkv(blk, _layer_norm(blk.ln_1, hp), heads)
+            k = torch.cat([kp.expand(n_cls, -1, -1, -1), k], dim=2)
+            v = torch.cat([vp.expand(n_cls, -1, -1, -1), v], dim=2)
+        if last:
+            h = hv[eot_at][:, None] + _attend(blk, heads_of(q), k, v, mask[rows][:, None, None])
+            h = h + _mlp(blk, h)
+            return _layer_norm(model.ln_final, h[:, 0]) @ model.text_projection.detach()
+        att = _attend(blk, heads_of(q), k, v, mask)
+        hv = hv + att[valid]
+        hv = hv + _mlp(blk, hv)
+        if hp is not None:
+            hp = hp + _attend(blk, qp, kp, vp, None, True)
+            hp = hp + _mlp(blk, hp)
+    raise ValueError("the text transformer has no layers")
+
+
+def learner_from_artifact(
+    model: Any, artifact: Any, classnames: list[str] | None = None
+) -> PromptLearner:
+    """A PromptLearner rebuilt from a prompt artifact's `prompt` metadata and `ctx` tensor."""
+    from nlp_cli.errors import ArtifactError
+
+    cfg = artifact.meta.get("prompt")
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{artifact.path} records no prompt configuration (meta 'prompt')")
+    ctx = artifact.tensors["ctx"]
+    try:
+        learner = PromptLearner(
+            model,
+            classnames if classnames is not None else artifact.classnames,
+            n_ctx=int(cfg.get("n_ctx", ctx.shape[-2])),
+            ctx_init=cfg.get("ctx_init") or None,
+            csc=bool(cfg.get("csc", False)),
+            position=str(cfg.get("position", "end")),
+        )
+    except ValueError as e:
+        raise ArtifactError(f"{artifact.path}: bad prompt configuration ({e})") from e
+    if tuple(learner.ctx.shape) != tuple(ctx.shape):
+        raise ArtifactError(
+            f"{artifact.path}: ctx has shape {tuple(ctx.shape)}, its configuration implies "
+            f"{tuple(learner.ctx.shape)}"
+        )
+    with torch.no_grad():
+        learner.ctx.copy_(ctx.to(learner.ctx.dtype))
+    return learner
+
+
+@torch.no_grad()
+def prompt_text_features(model: Any, artifact: Any) -> torch.Tensor:
+    """L2-normalised class prototypes [C, embed_dim] of a trained prompt artifact."""
+    feats = text_features(model, learner_from_artifact(model, artifact)).float()
+    return feats / feats.norm(dim=-1, keepdim=True)

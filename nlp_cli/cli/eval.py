@@ -1,0 +1,73 @@
+"""`nlp eval`: accuracy of a prompt file (or zero-shot) on a split; print the metrics' path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from nlp_cli.cli import output
+
+
+def render(result: dict[str, Any]) -> None:
+    """The metrics as a Rich table on stderr."""
+    from rich.table import Table
+
+    title = f"{result['split']} split, {result['n']} samples"
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("acc1", "mean_per_class_recall", "macro_f1", "last5_mean_acc"):
+        if result.get(key) is not None:
+            table.add_row(key, f"{100 * result[key]:.2f}%")
+    output.console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `eval` command."""
+
+    @app.command("eval")
+    def eval_(
+        prompt: Path | None = typer.Argument(
+            None, help="Prompt file from `nlp train` (default: a path piped on stdin)."
+        ),
+        split: str = typer.Option("test", "--split", help="test, val or train."),
+        features: Path | None = typer.Option(
+            None, "--features", help="Evaluate on these features (same classes and model)."
+        ),
+        zero_shot: Path | None = typer.Option(
+            None, "--zero-shot", help="Evaluate the hand prompt on these features (no PROMPT)."
+        ),
+        model: str | None = typer.Option(
+            None, "--model", help="CLIP model name or checkpoint (default: the features' model)."
+        ),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+        out: Path | None = typer.Option(None, "--out", help="Where to write the metrics JSON."),
+        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
+    ) -> None:
+        """acc1, mean per-class recall, macro F1, per-class accuracy (and DSPT's last-5 mean)."""
+        from nlp_cli import artifacts
+        from nlp_cli.errors import UsageError
+        from nlp_cli.evaluate import evaluate
+
+        if zero_shot is not None:
+            if prompt is not None or features is not None:
+                raise UsageError("--zero-shot FEATURES takes neither a PROMPT nor --features")
+            path, feats = None, zero_shot
+        else:
+            path, feats = output.input_path(prompt, "prompt file"), features
+        result = evaluate(path, feats, split, model, device)
+        render(result)
+        if as_json:
+            output.emit_json(result)
+            return
+        upstream = {"features": artifacts.file_digest(result["features"])}
+        if path is not None:
+            upstream["prompt"] = artifacts.file_digest(path)
+        key = artifacts.cache_key("metrics", upstream, {"split": split})
+        stem = f"eval-{Path(path).stem if path else 'zero-shot'}-{split}"
+        target = out or artifacts.default_out("metrics", stem, key, ".json")
+        artifacts.atomic_write_text(target, json.dumps(result, indent=2) + "\n")
+        output.emit(target)

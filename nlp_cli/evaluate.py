@@ -1,0 +1,63 @@
+"""Accuracy of a trained prompt (or of the hand prompt, zero-shot) on a cached split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nlp_cli import artifacts, clip_model, metrics
+from nlp_cli.errors import UsageError
+from nlp_cli.prompt import prompt_text_features
+
+LAST_K = 5
+
+
+def last_k_mean(history: list[dict[str, Any]], k: int = LAST_K) -> float | None:
+    """Mean test accuracy over the last k epochs of a history (DSPT's reported number)."""
+    accs = [h.get("test_acc") for h in history[-k:]]
+    accs = [a for a in accs if a is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
+def evaluate(
+    prompt: Path | None = None,
+    features: Path | None = None,
+    split: str = "test",
+    model: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Metrics of a prompt file on a split of its own features (or `features`); zero-shot with
+    the hand prompt when `prompt` is None."""
+    if prompt is None and features is None:
+        raise UsageError("nothing to evaluate: give a prompt file or --zero-shot FEATURES")
+    prompt_art = artifacts.load(prompt, "prompt") if prompt is not None else None
+    if features is not None:
+        feats = artifacts.load(features, "features")
+    else:
+        feats = artifacts.load_upstream(prompt_art, "features", "features")
+    if prompt_art is not None:
+        artifacts.check_compatible(prompt_art, feats, f"{prompt_art.path} and {feats.path}")
+    key = f"{split}.features"
+    if key not in feats.tensors:
+        have = sorted({k.split(".")[0] for k in feats.tensors if k.endswith(".features")})
+        raise UsageError(f"{feats.path} has no {split} split (it has: {', '.join(have)})")
+    loaded = clip_model.load_for(feats.meta, model, device=device)
+    with torch.no_grad():
+        if prompt_art is None:
+            text = clip_model.hand_prompt_features(loaded.model, feats.classnames).float()
+        else:
+            text = prompt_text_features(loaded.model, prompt_art)
+        text = text.to(device)
+        x = feats.tensors[key].to(device).float()
+        x = x / x.norm(dim=-1, keepdim=True)
+        pred = (x @ text.T).argmax(dim=1).cpu()
+    result = metrics.summary(pred, feats.tensors[f"{split}.labels"].long(), feats.classnames)
+    result["split"] = split
+    result["features"] = str(feats.path.resolve())
+    result["prompt"] = str(prompt_art.path.resolve()) if prompt_art is not None else None
+    if prompt_art is not None:
+        result["last5_mean_acc"] = last_k_mean(prompt_art.meta.get("history") or [])
+        result["loss"] = prompt_art.meta.get("loss")
+    return result

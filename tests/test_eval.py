@@ -1,0 +1,90 @@
+"""Metrics against plain reference loops; `nlp eval` on trained and zero-shot prompts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_features
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nlp_cli import artifacts, clip_model, metrics
+
+
+def _reference(pred: list[int], target: list[int], n: int) -> dict[str, float]:
+    recalls, f1s = [], []
+    for c in range(n):
+        tp = sum(p == c and t == c for p, t in zip(pred, target, strict=True))
+        support = sum(t == c for t in target)
+        predicted = sum(p == c for p in pred)
+        if support:
+            recalls.append(tp / support)
+        if support or predicted:
+            prec = tp / predicted if predicted else 0.0
+            rec = tp / support if support else 0.0
+            f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+    return {
+        "acc1": sum(p == t for p, t in zip(pred, target, strict=True)) / len(target),
+        "mean_per_class_recall": sum(recalls) / len(recalls),
+        "macro_f1": sum(f1s) / len(f1s),
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 6).flatmap(
+    lambda n: st.tuples(
+        st.just(n),
+        st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), min_size=1, max_size=40),
+    )
+))
+def test_metrics_match_reference(case):
+    n, pairs = case
+    pred = torch.tensor([p for p, _ in pairs])
+    target = torch.tensor([t for _, t in pairs])
+    got = metrics.summary(pred, target, [f"c{i}" for i in range(n)])
+    ref = _reference(pred.tolist(), target.tolist(), n)
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v)
+    assert got["n"] == len(pairs)
+
+
+def test_per_class_acc_marks_absent_classes():
+    got = metrics.summary(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), ["a", "b", "c"])
+    assert got["per_class_acc"] == {"a": 0.5, "b": 1.0, "c": None}
+
+
+def test_zero_shot_eval_matches_hand_prompt(cli, features, tiny_clip):
+    r = cli("eval", "--zero-shot", features, "--json", "--split", "val")
+    assert r.code == 0, r.stderr
+    m = json.loads(r.stdout)
+    feats = artifacts.load(features)
+    model = clip_model.load(str(tiny_clip)).model
+    hand = clip_model.hand_prompt_features(model, feats.classnames)
+    pred = (feats.tensors["val.features"].float() @ hand.T).argmax(dim=1)
+    assert m["acc1"] == pytest.approx(float((pred == feats.tensors["val.labels"]).float().mean()))
+    assert m["split"] == "val" and m["n"] == len(pred) and "last5_mean_acc" not in m
+    assert "acc1" in r.stderr
+
+
+def test_eval_writes_metrics_file_and_refuses_other_classes(cli, features, tmp_path, tiny_clip):
+    t = cli("train", features, "--epochs", "1", "--n-ctx", "4")
+    assert t.code == 0, t.stderr
+    e = cli("eval", t.stdout.strip())
+    assert e.code == 0, e.stderr
+    written = json.loads(open(e.stdout.strip()).read())
+    assert set(written) >= {"acc1", "mean_per_class_recall", "macro_f1", "per_class_acc", "split",
+                            "n", "last5_mean_acc"}
+    other = make_features(tmp_path / "other.safetensors", tiny_clip, n_classes=4)
+    bad = cli("eval", t.stdout.strip(), "--features", other)
+    assert bad.code == 1 and "other classes" in bad.stderr and bad.stdout == ""
+    same = make_features(tmp_path / "same.safetensors", tiny_clip, seed=3)
+    ok = cli("eval", t.stdout.strip(), "--features", same, "--json")
+    assert ok.code == 0 and json.loads(ok.stdout)["features"] == str(same.resolve())
+    clip2 = clip_model.save_checkpoint(clip_model.build_tiny(seed=9), tmp_path / "clip2.pt")
+    other_model = make_features(tmp_path / "m2.safetensors", clip2)
+    bad2 = cli("eval", t.stdout.strip(), "--features", other_model)
+    assert bad2.code == 1 and "another CLIP model" in bad2.stderr
+    nosplit = cli("eval", t.stdout.strip(), "--split", "holdout")
+    assert nosplit.code == 2 and "no holdout split" in nosplit.stderr
