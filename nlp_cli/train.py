@@ -4,6 +4,7 @@ The library never prints: progress goes through the `on_epoch` callback. A run i
 deterministic on CPU for a given seed: the context init, the batch order and the augmented
 view of every sample in every epoch come from generators seeded by (seed, epoch), so a run
 resumed from its checkpoint ends with the same `ctx`, bit for bit, as an uninterrupted one.
+After each epoch's checkpoint, `artifacts.step_done()` runs (the NLP_TEST_PAUSE test hook).
 """
 
 from __future__ import annotations
@@ -316,6 +317,7 @@ def train_prompt(
                 {"key": run_key, "epoch": epoch + 1, "ctx": learner.ctx.detach().cpu(),
                  "optim": optim.state_dict(), "history": history},
             )
+            artifacts.step_done()
         if on_epoch is not None:
             on_epoch(record)
 
