@@ -677,30 +677,27 @@ def test_embed_killed_part_way_resumes_to_the_same_features(
     assert [p.name for p in tmp_path.iterdir()] == ["f.st"]  # work folder and lock are gone
 
 
-def test_two_processes_embedding_at_once_take_turns(interrupt_data, tiny_clip, tmp_path, nlp_home):
+def test_two_processes_embedding_at_once_take_turns(interrupt_data, tiny_clip, tmp_path):
+    """A second run started while the first holds the lock waits, then finds its artifact."""
     data, ref = interrupt_data
-    env = _env(NLP_TEST_PAUSE="0.2", NLP_HOME=str(nlp_home))
-    procs = [
-        subprocess.Popen(
-            _embed_cmd(data, tiny_clip, None),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    results = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], results
-    paths = {stdout.strip() for stdout, _ in results}
-    assert len(paths) == 1
-    # One did the work; the other waited for the lock and found the finished artifact.
-    assert sum("cache hit" in stderr for _, stderr in results) == 1
-    got = artifacts.load(paths.pop()).tensors
+    out = tmp_path / "f.st"
+    proc = subprocess.Popen(
+        _embed_cmd(data, tiny_clip, out),
+        env=_env(NLP_TEST_PAUSE="0.3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(lambda: (tmp_path / ".f.st.lock").exists(), proc)
+    second = embed(datasets.load(str(data)), str(tiny_clip), EmbedOptions(shard_size=2), out)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert stdout.strip() == str(out) and "cache hit" not in stderr  # the first did the work
+    assert second.cache_hit and second.path == out  # the second waited and found it
+    got = artifacts.load(out).tensors
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
-    folder = nlp_home / "artifacts" / "features"
-    assert len(list(folder.iterdir())) == 1  # no work folder, lock or temporary file left
+    assert [p.name for p in tmp_path.iterdir()] == ["f.st"]  # no work folder, lock or temp file
 
 
 def test_lock_waits_for_the_holder(tmp_path):
@@ -733,3 +730,43 @@ def test_damaged_clip_checkpoint_is_one_line(cli, tiny_clip, tmp_path, damage):
     r = cli("embed", tmp_path / "d", "--model", bad)
     assert r.code == 1 and r.stdout == "" and "is not a loadable CLIP checkpoint" in r.stderr
     assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+
+
+# --- nlp train: killed part-way, resumed with --resume ------------------------------------------
+
+TRAIN_ARGS = ["--epochs", "5", "--batch-size", "20", "--n-ctx", "4", "--loss", "dsoftmax"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_train_killed_part_way_resumes_to_the_same_prompt(cli, inputs, sig):
+    tmp, feats, labels, clip = inputs
+    r = cli("train", labels, *TRAIN_ARGS, "--out", tmp / "ref.st")
+    assert r.code == 0, r.stderr
+    ref = artifacts.load(tmp / "ref.st", "prompt")
+
+    out = tmp / "p.st"
+    ckpt = tmp / "p.st.ckpt"
+    cmd = [sys.executable, "-m", "nlp_cli", "train", str(labels), *TRAIN_ARGS, "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, env=_env(NLP_TEST_PAUSE="0.5"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    _wait_for(ckpt.exists, proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert stdout == "" and not out.exists() and ckpt.exists()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted"
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    done = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 1 <= done < 5
+
+    r = cli("train", labels, *TRAIN_ARGS, "--out", out, "--resume")
+    assert r.code == 0, r.stderr
+    log = " ".join(r.stderr.split())
+    assert f"at epoch {done}" in log and f"epoch {done}/5 " not in log  # resumed, not redone
+    got = artifacts.load(out, "prompt")
+    assert torch.equal(got.tensors["ctx"], ref.tensors["ctx"])  # bit for bit
+    assert got.meta["history"] == ref.meta["history"]
+    assert not ckpt.exists() and not list(tmp.glob("*.tmp"))
