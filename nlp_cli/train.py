@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from nlp_cli import artifacts, clip_model, losses
-from nlp_cli.errors import ArtifactError, NlpError, UsageError
+from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
 from nlp_cli.prompt import POSITIONS, PromptLearner, learner_from_artifact, text_features
 
 TARGETS = ("labels", "zero-shot")
@@ -104,7 +104,10 @@ def make_config(protocol: str | None = None, **options: Any) -> TrainConfig:
     base: dict[str, Any] = {}
     if protocol is not None:
         if protocol not in PROTOCOLS:
-            raise UsageError(f"unknown protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+            raise UsageError(
+                f"unknown protocol {protocol!r}{did_you_mean(protocol, list(PROTOCOLS))}: "
+                f"choose from {', '.join(PROTOCOLS)}"
+            )
         base.update(PROTOCOLS[protocol])
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = [k for k in options if k not in names]
@@ -185,7 +188,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ArtifactError(f"{path} is not a readable training checkpoint") from e
+        raise ArtifactError(
+            f"{path} is not a readable training checkpoint: delete it to start over"
+        ) from e
 
 
 def train_prompt(
