@@ -360,6 +360,70 @@ def test_corrupt_and_purify_refuse_bad_input(cli, inputs, case, build, code, pat
     test_bad_input_is_one_line_and_damages_nothing(cli, inputs, case, build, code, pattern)
 
 
+def _as(cmd: str, build: Builder) -> Builder:
+    """The same bad input given to another stage."""
+    return lambda t, f, ls, c: [cmd, build(t, f, ls, c)[1]]
+
+
+def _damaged_checkpoint(tmp, feats, labels, clip):
+    (tmp / "p.st.ckpt").write_bytes(b"not a checkpoint")
+    return ["train", labels, "--epochs", "1", "--resume", "--out", tmp / "p.st"]
+
+
+def _init_from_other_classes(tmp, feats, labels, clip):
+    prompt = _prompt_for_other_classes(tmp, feats, labels, clip)[3]
+    return ["train", labels, "--epochs", "1", "--init-from", prompt]
+
+
+def _eval_other_classes(tmp, feats, labels, clip):
+    prompt = _prompt_for_other_classes(tmp, feats, labels, clip)[3]
+    return ["eval", prompt, "--features", feats]
+
+
+# The same contract for `nlp train` and `nlp eval`.
+TRAIN_EVAL_INPUTS: list[tuple[str, Builder, int, str]] = [
+    ("train-unknown-loss", lambda t, f, ls, c: ["train", ls, "--loss", "dsoftmx"], 2,
+     "did you mean 'dsoftmax'"),
+    ("train-unknown-protocol", lambda t, f, ls, c: ["train", ls, "--protocol", "dsp"], 2,
+     "did you mean 'dspt'"),
+    ("train-zero-epochs", lambda t, f, ls, c: ["train", ls, "--epochs", "0"], 2, "at least 1"),
+    ("train-negative-lr", lambda t, f, ls, c: ["train", ls, "--lr", "-1"], 2, "--lr must be"),
+    ("train-nlprompt-without-partition", lambda t, f, ls, c: ["train", ls, "--loss", "nlprompt"],
+     2, "needs a clean/noisy partition"),
+    ("train-prompt-as-input", lambda t, f, ls, c: ["train", _a_prompt(t, f, ls, c)[1]], 1,
+     "is a prompt artifact"),
+    ("train-truncated-input", _as("train", _truncated), 1, "not a readable nlp artifact"),
+    ("train-nan-features", _as("train", _with_features(_nan)), 1, "NaN or infinite"),
+    ("train-label-outside-classes", _as("train", _label_outside), 1, "outside 0..4"),
+    ("train-upstream-deleted", _as("train", _upstream_gone), 1, "no longer exists"),
+    ("train-init-from-labelset", lambda t, f, ls, c: ["train", ls, "--init-from", ls], 1,
+     "labelset artifact, but a prompt is expected"),
+    ("train-init-from-other-classes", _init_from_other_classes, 1, "other classes"),
+    ("train-damaged-checkpoint", _damaged_checkpoint, 1,
+     "not a readable training checkpoint: delete it to start over"),
+    ("train-unwritable-out", lambda t, f, ls, c: ["train", ls, "--out",
+     _unwritable_out(t, f, ls, c)[-1]], 1, "cannot write"),
+    ("train-empty-stdin", lambda t, f, ls, c: ["train"], 2, "no label set given"),
+    ("eval-labelset-as-prompt", lambda t, f, ls, c: ["eval", ls], 1,
+     "labelset artifact, but a prompt is expected"),
+    ("eval-missing-prompt", lambda t, f, ls, c: ["eval", t / "none.st"], 1, "no such file"),
+    ("eval-prompt-other-classes", _eval_other_classes, 1, "other classes"),
+    ("eval-unknown-split", lambda t, f, ls, c: ["eval", "--zero-shot", f, "--split", "bogus"], 2,
+     "has no bogus split"),
+    ("eval-zero-shot-and-prompt", lambda t, f, ls, c: ["eval", ls, "--zero-shot", f], 2,
+     "takes neither"),
+    ("eval-unwritable-out", lambda t, f, ls, c: ["eval", "--zero-shot", f, "--out",
+     _unwritable_out(t, f, ls, c)[-1]], 1, "cannot write"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case,build,code,pattern", TRAIN_EVAL_INPUTS, ids=[c[0] for c in TRAIN_EVAL_INPUTS]
+)
+def test_train_and_eval_refuse_bad_input(cli, inputs, case, build, code, pattern):
+    test_bad_input_is_one_line_and_damages_nothing(cli, inputs, case, build, code, pattern)
+
+
 def test_the_same_command_succeeds_on_good_input(cli, inputs):
     tmp, feats, labels, clip = inputs
     r = cli("analyze-grad", labels, "--model", clip, "--out", tmp / "result.json")
