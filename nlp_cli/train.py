@@ -202,11 +202,13 @@ def train_prompt(
     resume: bool = False,
     run_key: str | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    inspect: Callable[[int, PromptLearner], None] | None = None,
 ) -> TrainResult:
     """Train CoOp context vectors on cached image features; returns ctx and per-epoch history.
 
     `checkpoint` is written after every epoch; with `resume`, a checkpoint carrying the same
     `run_key` is continued from. `init_ctx` replaces the random or word initialisation.
+    `inspect(epoch, learner)` sees the prompt after each epoch (analysis follows training with it).
     """
     config.validate()
     if not isinstance(data, TrainData):
@@ -325,6 +327,8 @@ def train_prompt(
             artifacts.step_done()
         if on_epoch is not None:
             on_epoch(record)
+        if inspect is not None:
+            inspect(epoch + 1, learner)
 
     prompt_meta = {
         "n_ctx": learner.n_ctx,

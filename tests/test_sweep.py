@@ -139,3 +139,23 @@ def test_example_grids_are_valid(path):
     grid = sweep.load_grid(path)
     assert grid.cells()
     assert len({c.slug for c in grid.cells()}) == len(grid.cells())
+
+
+def test_sweep_runs_the_real_stages(tmp_path, features, cli):
+    grid = tmp_path / "real.yaml"
+    grid.write_text(
+        f"datasets: [{features}]\nmodel: unused-for-feature-files\nnoise: [{{sym: 0.4}}]\n"
+        "methods: [ce, {name: NLPrompt, loss: nlprompt}]\nseeds: [1]\n"
+        "train: {epochs: 2, batch_size: 16}\n"
+    )
+    r = cli("sweep", grid, "--out", tmp_path / "sw", "--json")
+    assert r.code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert (summary["finished"], summary["ran"]) == (2, 2)
+    results = json.loads((tmp_path / "sw" / "results.json").read_text())
+    assert {rec["method"] for rec in results["records"]} == {"ce", "NLPrompt"}
+    assert all(0.0 <= rec["acc"] <= 1.0 for rec in results["records"])
+    assert 0.0 <= results["zero_shot"]["feats"] <= 1.0
+    assert "| Zero-shot CLIP |" in Path(summary["markdown"]).read_text()
+    again = json.loads(cli("sweep", grid, "--out", tmp_path / "sw", "--json").stdout)
+    assert (again["ran"], again["skipped"]) == (0, 2)
