@@ -127,6 +127,8 @@ def load_for(meta: dict[str, Any], override: str | None = None, device="cpu") ->
         try:
             loaded = load(cand, device)
         except (UsageError, ArtifactError) as e:
+            if override and isinstance(e, UsageError):
+                raise  # a misspelt --model: the usage error with its suggestion
             last = e
             continue
         want = recorded.get("digest")
