@@ -234,7 +234,7 @@ BAD_INPUTS: list[tuple[str, Builder, int, str]] = [
     ("upstream-deleted", _upstream_gone, 1, "no longer exists"),
     ("other-classes", _other_classes_than_features, 1, "other classes"),
     ("prompt-other-classes", _prompt_for_other_classes, 1, "other classes"),
-    ("another-clip-model", _another_model, 1, "another CLIP model"),
+    ("another-clip-model", _another_model, 1, "differs from the one the artifact was made with"),
     ("unknown-loss", lambda t, f, ls, c: ["analyze-grad", ls, "--loss", "dsoftmx"], 2, "did you"),
     ("unknown-knob", lambda t, f, ls, c: ["analyze-grad", ls, "--knob", "ce.q=1"], 2, "no knob"),
     (
