@@ -4,6 +4,7 @@ The library never prints: progress goes through the `on_epoch` callback. A run i
 deterministic on CPU for a given seed: the context init, the batch order and the augmented
 view of every sample in every epoch come from generators seeded by (seed, epoch), so a run
 resumed from its checkpoint ends with the same `ctx`, bit for bit, as an uninterrupted one.
+After each epoch's checkpoint, `artifacts.step_done()` runs (the NLP_TEST_PAUSE test hook).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from nlp_cli import artifacts, clip_model, losses
-from nlp_cli.errors import ArtifactError, NlpError, UsageError
+from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
 from nlp_cli.prompt import POSITIONS, PromptLearner, learner_from_artifact, text_features
 
 TARGETS = ("labels", "zero-shot")
@@ -103,7 +104,10 @@ def make_config(protocol: str | None = None, **options: Any) -> TrainConfig:
     base: dict[str, Any] = {}
     if protocol is not None:
         if protocol not in PROTOCOLS:
-            raise UsageError(f"unknown protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+            raise UsageError(
+                f"unknown protocol {protocol!r}{did_you_mean(protocol, list(PROTOCOLS))}: "
+                f"choose from {', '.join(PROTOCOLS)}"
+            )
         base.update(PROTOCOLS[protocol])
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = [k for k in options if k not in names]
@@ -184,7 +188,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ArtifactError(f"{path} is not a readable training checkpoint") from e
+        raise ArtifactError(
+            f"{path} is not a readable training checkpoint: delete it to start over"
+        ) from e
 
 
 def train_prompt(
@@ -318,6 +324,7 @@ def train_prompt(
                 {"key": run_key, "epoch": epoch + 1, "ctx": learner.ctx.detach().cpu(),
                  "optim": optim.state_dict(), "history": history},
             )
+            artifacts.step_done()
         if on_epoch is not None:
             on_epoch(record)
         if inspect is not None:

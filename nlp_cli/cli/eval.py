@@ -64,6 +64,8 @@ def register(app: typer.Typer) -> None:
             path, feats = None, zero_shot
         else:
             path, feats = output.input_path(prompt, "prompt file"), features
+        if out is not None and not as_json:
+            artifacts.ensure_writable(out)
         if plot is not None:
             from nlp_cli import analysis
 

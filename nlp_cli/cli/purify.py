@@ -136,6 +136,7 @@ def register(app: typer.Typer) -> None:
         options = {"method": spec.name, **opts}
         key = artifacts.cache_key("partition", upstream, options)
         target = out or artifacts.default_out("partition", f"{path.stem}-{method}", key)
+        artifacts.ensure_writable(target)
         if report is None and artifacts.cached(target, key, "partition"):
             output.info(f"cache hit: {target}")
             meta = artifacts.read_meta(target)

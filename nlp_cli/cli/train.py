@@ -170,6 +170,7 @@ def register(app: typer.Typer) -> None:
         )
         stem = f"{td.features.meta.get('dataset', 'prompt')}-{cfg.loss}-{path.stem}"
         target = out or artifacts.default_out("prompt", stem, key)
+        artifacts.ensure_writable(target)
         cache_hit = artifacts.cached(target, key, "prompt")
         if cache_hit and export_coop is None:
             output.info(f"cache hit: {target}")
