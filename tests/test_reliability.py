@@ -675,7 +675,10 @@ def test_truncated_archive_without_checksum_fails_cleanly_and_retries(cli, http,
 
 
 def _env(**extra) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+    # the child computes with as many threads as this process: float sums depend on the split,
+    # and the resume tests compare the two bit for bit
+    threads = str(torch.get_num_threads())
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": threads, **extra}
 
 
 @pytest.fixture(scope="module")
