@@ -16,7 +16,7 @@ import torch
 
 from nlp_cli import artifacts, clip_model, losses
 from nlp_cli.errors import ArtifactError, NlpError
-from nlp_cli.prompt import PromptLearner, plain_text_features
+from nlp_cli.prompt import PromptLearner, prompt_text_features
 
 GROUPS = ("clean", "noisy")
 STAT_KEYS = ("n", "mean", "median", "p90", "max")
@@ -117,35 +117,6 @@ def load_model_for(features: artifacts.Artifact, model: str | None = None) -> cl
     return clip_model.load_for(features.meta, model)
 
 
-def load_prompt_learner(
-    prompt: artifacts.Artifact, loaded: clip_model.LoadedClip, classnames: list[str]
-) -> PromptLearner:
-    """A PromptLearner rebuilt from a prompt file's metadata and `ctx` tensor."""
-    cfg = prompt.meta.get("prompt")
-    if not isinstance(cfg, dict):
-        raise ArtifactError(f"{prompt.path} records no prompt configuration (meta 'prompt')")
-    ctx = prompt.tensors["ctx"]
-    try:
-        learner = PromptLearner(
-            loaded.model,
-            classnames,
-            n_ctx=int(cfg.get("n_ctx", ctx.shape[-2])),
-            ctx_init=cfg.get("ctx_init") or None,
-            csc=bool(cfg.get("csc", False)),
-            position=str(cfg.get("position", "end")),
-        )
-    except ValueError as e:
-        raise ArtifactError(f"{prompt.path}: bad prompt configuration ({e})") from e
-    if tuple(learner.ctx.shape) != tuple(ctx.shape):
-        raise ArtifactError(
-            f"{prompt.path}: ctx has shape {tuple(ctx.shape)}, its configuration implies "
-            f"{tuple(learner.ctx.shape)}"
-        )
-    with torch.no_grad():
-        learner.ctx.copy_(ctx.to(learner.ctx.dtype))
-    return learner
-
-
 def prepare(
     labels_path: Path,
     prompt_path: Path | None = None,
@@ -168,8 +139,7 @@ def prepare(
         else:
             prompt = artifacts.load(prompt_path, "prompt")
             artifacts.check_compatible(prompt, feats, f"{prompt.path} and {feats.path}")
-            learner = load_prompt_learner(prompt, loaded, classnames)
-            text = plain_text_features(loaded.model, learner)
+            text = prompt_text_features(loaded.model, prompt)
         text = text.float()
         text = text / text.norm(dim=-1, keepdim=True)
         image = train[index].float()

@@ -697,6 +697,11 @@ def _embed_cmd(data: Path, clip: Path, out: Path | None) -> list[str]:
     return cmd + ["--shard-size", "2"] + (["--out", str(out)] if out else [])
 
 
+def _default_sigint() -> None:
+    """A test run in the background ignores SIGINT, and a child would inherit that: restore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while not predicate():
@@ -714,6 +719,7 @@ def test_embed_killed_part_way_resumes_to_the_same_features(
     proc = subprocess.Popen(
         _embed_cmd(data, tiny_clip, out),
         env=_env(NLP_TEST_PAUSE="0.4"),
+        preexec_fn=_default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -816,7 +822,7 @@ def test_train_killed_part_way_resumes_to_the_same_prompt(cli, inputs, sig):
     cmd = [sys.executable, "-m", "nlp_cli", "train", str(labels), *TRAIN_ARGS, "--out", str(out)]
     proc = subprocess.Popen(
         cmd, env=_env(NLP_TEST_PAUSE="0.5"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_default_sigint,
     )  # fmt: skip
     _wait_for(ckpt.exists, proc)
     proc.send_signal(sig)

@@ -22,16 +22,14 @@ def text_prototypes(feats: artifacts.Artifact, loaded: Any, prompt: Path | None)
     import torch
 
     from nlp_cli import clip_model
-    from nlp_cli.analysis import load_prompt_learner
-    from nlp_cli.prompt import plain_text_features
+    from nlp_cli.prompt import prompt_text_features
 
     with torch.no_grad():
         if prompt is None:
             return clip_model.hand_prompt_features(loaded.model, feats.classnames)
         art = artifacts.load(prompt, "prompt")
         artifacts.check_compatible(art, feats, f"{art.path} and {feats.path}")
-        learner = load_prompt_learner(art, loaded, feats.classnames)
-        return plain_text_features(loaded.model, learner).float()
+        return prompt_text_features(loaded.model, art)
 
 
 def report_rows(
