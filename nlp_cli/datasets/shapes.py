@@ -56,7 +56,10 @@ VERSION = 1
 
 
 def _regular(n: int, start: float = -math.pi / 2) -> list[tuple[float, float]]:
-    return [(math.cos(start + 2 * math.pi * k / n), math.sin(start + 2 * math.pi * k / n)) for k in range(n)]
+    return [
+        (math.cos(start + 2 * math.pi * k / n), math.sin(start + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
 
 
 def _star() -> list[tuple[float, float]]:
@@ -99,7 +102,9 @@ _OUTLINES: dict[str, list[tuple[float, float]]] = {
     "pentagon": _regular(5),
     "hexagon": _regular(6),
     "heart": _heart(),
-    "arrow": [(-0.9, -0.25), (0.2, -0.25), (0.2, -0.6), (0.9, 0.0), (0.2, 0.6), (0.2, 0.25), (-0.9, 0.25)],
+    "arrow": [
+        (-0.9, -0.25), (0.2, -0.25), (0.2, -0.6), (0.9, 0.0), (0.2, 0.6), (0.2, 0.25), (-0.9, 0.25),
+    ],
     "crescent": _crescent(),
 }  # fmt: skip
 
@@ -144,10 +149,15 @@ def background(rng: random.Random, size: int, kind: str | None = None) -> Image.
     else:
         nrng = np.random.default_rng(rng.getrandbits(32))
         coarse = nrng.random((5, 5))
-        t = np.asarray(
-            Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC),
-            dtype=float,
-        ) / 255
+        t = (
+            np.asarray(
+                Image.fromarray((coarse * 255).astype(np.uint8)).resize(
+                    (size, size), Image.BICUBIC
+                ),
+                dtype=float,
+            )
+            / 255
+        )
     img = a[None, None, :] * (1 - t[..., None]) + b[None, None, :] * t[..., None]
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
@@ -205,7 +215,9 @@ def draw_item(
     if style == "filled":
         draw.polygon(pts, fill=rgb)
     elif style == "outline":
-        draw.line([*pts, pts[0]], fill=rgb, width=max(2, int(r * rng.uniform(0.12, 0.25))), joint="curve")
+        draw.line(
+            [*pts, pts[0]], fill=rgb, width=max(2, int(r * rng.uniform(0.12, 0.25))), joint="curve"
+        )
     elif style == "bordered":
         edge = tuple(int(c * 0.3) for c in rgb)
         draw.polygon(pts, fill=rgb)
@@ -235,7 +247,13 @@ def generate(
     counts = dict(COUNTS if counts is None else counts)
     root = Path(root)
     out = root / "shapes"
-    stamp = {"version": VERSION, "seed": seed, "counts": counts, "classes": list(classes), "size": size}
+    stamp = {
+        "version": VERSION,
+        "seed": seed,
+        "counts": counts,
+        "classes": list(classes),
+        "size": size,
+    }
     if (out / SPLIT_FILE).is_file() and _read_stamp(out) == stamp:
         return out
     root.mkdir(parents=True, exist_ok=True)
