@@ -1,12 +1,13 @@
 """Pretrain the built-in `tiny-shapes` CLIP contrastively on generated image–caption pairs.
 
-The pairs are *not* the `shapes` dataset: shapes are drawn as outlines or with a dark border on
-plain white, paper or black backgrounds, with four more colours and five more shapes as
-distractor vocabulary, and captions from several templates ("a drawing of a red star",
-"a star in red", …). Each batch is a grid of colours × shapes (every item has same-colour and
-same-shape negatives), so colour alone cannot solve the contrastive task and the model must
-learn shape. A zero-shot check on a small `shapes`-style set ("a photo of a {class}.") is logged
-during training.
+The pairs are not the `shapes` dataset's images: they come from their own seeds, two thirds are
+drawn in other styles (outlines, or filled with a dark border), half sit on plain white, paper
+or black backgrounds, four more colours and five more shapes add distractor vocabulary, and the
+captions come from ten templates ("a drawing of a red star", "a star in red", …), none of them
+CoOp's hand prompt "a photo of a {class}." (so "photo" is a word the model never saw). Each
+batch is a grid of 8 colours × 8 shapes, so every item has same-colour and same-shape negatives
+and colour alone cannot solve the contrastive task. A zero-shot check on a small `shapes`-style
+set is logged during training.
 
     python scripts/pretrain_tiny_clip.py --seed 0 --out nlp_cli/assets/tiny-shapes.pt
 
@@ -43,8 +44,9 @@ TEMPLATES = (
     "{c} {s}",
     "the {s} is {c}",
 )
-STYLES = ("outline", "bordered")
-BACKS = ("white", "paper", "black")
+STYLES = ("outline", "bordered", "filled")
+# Plain backgrounds, or (None) one of the varied kinds of `shapes.background`.
+BACKS = ("white", "paper", "black", None, None, None)
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
 STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
 
@@ -74,7 +76,9 @@ def to_tensor(images: list) -> torch.Tensor:
     return (x.float() / 255 - MEAN) / STD
 
 
-def make_pool(seed: int, per_combo: int, colours: list[str]) -> dict[tuple[int, int], torch.Tensor]:
+def make_pool(
+    seed: int, per_combo: int, colours: list[str], styles: tuple[str, ...] = STYLES
+) -> dict[tuple[int, int], torch.Tensor]:
     """Pretraining images per (colour, shape): outline or bordered, on plain backgrounds."""
     pool = {}
     for ci, c in enumerate(colours):
@@ -84,8 +88,8 @@ def make_pool(seed: int, per_combo: int, colours: list[str]) -> dict[tuple[int, 
                 rng = random.Random(shapes.item_seed("pretrain", seed, c, s, i))
                 ims.append(
                     shapes.draw_item(
-                        rng, c, s, style=rng.choice(STYLES), back=rng.choice(BACKS),
-                        n_clutter=rng.choice((0, 0, 1, 2)), scale=(0.2, 0.45),
+                        rng, c, s, style=rng.choice(styles), back=rng.choice(BACKS),
+                        n_clutter=rng.randint(0, 4), scale=(0.2, 0.45),
                     )
                 )  # fmt: skip
             pool[(ci, si)] = to_tensor(ims).half()
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-combo", type=int, default=64, help="pool images per colour × shape")
     ap.add_argument("--grid", type=int, default=8, help="batch = grid colours × grid shapes")
     ap.add_argument("--width", type=int, default=8, help="ResNet stem width")
+    ap.add_argument("--styles", default=",".join(STYLES), help="drawing styles of the pairs")
     ap.add_argument("--check-every", type=int, default=250)
     ap.add_argument("--check-per-class", type=int, default=8, help="images per class to check")
     ap.add_argument(
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     rng = random.Random(args.seed)
     colours = list(shapes.COLOURS)
-    pool = make_pool(args.seed, args.per_combo, colours)
+    pool = make_pool(args.seed, args.per_combo, colours, tuple(args.styles.split(",")))
     check_x, check_y = check_set(args.seed, args.check_per_class)
     log(f"pool of {sum(len(v) for v in pool.values())} images in {time.time() - t0:.0f}s")
 
@@ -173,10 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     other = [
         p
         for n, p in model.named_parameters()
-        if p.requires_grad and not (p.ndim >= 2 and "embedding" not in n)
+        if p.requires_grad and n != "logit_scale" and not (p.ndim >= 2 and "embedding" not in n)
     ] + [table]
+    # The temperature gets a larger step: at the base rate it barely leaves its 1/0.07 start
+    # in a few thousand steps.
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": 0.05},
+            {"params": other, "weight_decay": 0.0},
+            {"params": [model.logit_scale], "weight_decay": 0.0, "lr": 5 * args.lr},
+        ],
         lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
     )  # fmt: skip
     warm = min(200, args.steps // 10 + 1)
