@@ -3,7 +3,7 @@
 Run from the repository root, e.g.:
 
     PYTHONPATH=$PWD python benchmarks/bench_tiny_shapes.py
-    PYTHONPATH=$PWD python benchmarks/bench_tiny_shapes.py --model /tmp/other.pt --coop-steps 300
+    PYTHONPATH=$PWD python benchmarks/bench_tiny_shapes.py --model /tmp/other.pt --coop-steps 100
 
 Generates `shapes` (seed 0) in a temporary folder, encodes train and test with the model's own
 preprocessing, and reports test accuracy of: zero-shot with "a photo of a {class}.", a linear
@@ -65,8 +65,8 @@ def coop(model, classnames, xtr, ytr, xte, yte, steps: int, lr: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-shapes", help="a name or checkpoint path")
-    ap.add_argument("--coop-steps", type=int, default=200)
-    ap.add_argument("--coop-lr", type=float, default=2e-3)
+    ap.add_argument("--coop-steps", type=int, default=60)
+    ap.add_argument("--coop-lr", type=float, default=1e-2)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
