@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
             return
 
         def progress(cell: sw.Cell, state: str) -> None:
-            output.info(f"[{state}] {cell.slug}")
+            output.info(f"── {state}: {cell.slug}")
 
         output.info(f"sweep {grid.name}: {len(cells)} cells → {grid.folder()}")
         result = sw.run_sweep(grid, device=device, progress=progress)
