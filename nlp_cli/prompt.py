@@ -134,7 +134,8 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor, ru
     pad = -m % 4
     if pad:
         rows = F.pad(rows, (0, 0, 0, pad))
-    out = F.linear(rows.reshape(-1, shape[-1]), weight.detach(), None if bias is None else bias.detach())
+    b = None if bias is None else bias.detach()
+    out = F.linear(rows.reshape(-1, shape[-1]), weight.detach(), b)
     out = out.reshape(runs, m + pad, -1)
     if pad:
         out = out[:, :m]

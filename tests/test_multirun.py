@@ -116,3 +116,11 @@ def test_cli_trains_several_inputs(cli, features, tmp_path):
     assert len(r.stdout.split()) == 2
     bad = cli("train", a, b, "--epochs", "1", "--out", tmp_path / "x.safetensors")
     assert bad.code == 2 and bad.stderr.startswith("error:") and "--out" in bad.stderr
+    outs = [tmp_path / "pa.safetensors", tmp_path / "pb.safetensors"]
+    zipped = cli("train", a, b, "--zip", "--loss", "ce,mae", "--seed", "3", "--epochs", "1",
+                 "--n-ctx", "4", "--out", outs[0], "--out", outs[1])
+    assert zipped.code == 0, zipped.stderr
+    assert zipped.stdout.split() == [str(p) for p in outs]
+    from nlp_cli import artifacts
+
+    assert [artifacts.read_meta(p)["loss"] for p in outs] == ["ce", "mae"]

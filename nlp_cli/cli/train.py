@@ -138,7 +138,12 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, "--model", help="CLIP model name or checkpoint (default: the features' model)."
         ),
-        out: Path | None = typer.Option(None, "--out", help="Output file (default: NLP_HOME)."),
+        out: list[Path] | None = typer.Option(
+            None, "--out", help="Output file (default: NLP_HOME); repeat it once per run."
+        ),
+        zip_runs: bool = typer.Option(
+            False, "--zip", help="Pair inputs, losses, seeds item by item."
+        ),
         as_json: bool = typer.Option(False, "--json", help="JSON summary on stdout."),
     ) -> None:
         """Train a prompt; each epoch's test accuracy and clean/noisy losses go in its history.
@@ -166,13 +171,19 @@ def register(app: typer.Typer) -> None:
         merged.pop("loss", None)
         merged.pop("seed", None)
         inputs = list(data) if data else [output.input_path(None, "label set")]
-        combos = [(p, lo, se) for p in inputs for lo in loss_list for se in seed_list]
-        if len(combos) > 1 and (out is not None or export_coop is not None):
-            raise UsageError("--out and --export-coop name one file: give one input, loss, seed")
+        if zip_runs:
+            combos = _zipped(inputs, loss_list, seed_list)
+        else:
+            combos = [(p, lo, se) for p in inputs for lo in loss_list for se in seed_list]
+        outs = list(out or [])
+        if outs and len(outs) != len(combos):
+            raise UsageError(f"{len(combos)} runs but {len(outs)} --out paths: give one per run")
+        if len(combos) > 1 and export_coop is not None:
+            raise UsageError("--export-coop names one file: give one input, loss and seed")
 
         loaded_data: dict[Path, Any] = {}
         runs = []
-        for path, run_loss, run_seed in combos:
+        for i, (path, run_loss, run_seed) in enumerate(combos):
             cfg = lib.make_config(proto, **merged, loss=run_loss, seed=run_seed)
             if path not in loaded_data:
                 loaded_data[path] = lib.load_data(path)
@@ -188,7 +199,7 @@ def register(app: typer.Typer) -> None:
                 "prompt", {r: u["digest"] for r, u in upstream.items()}, options
             )
             stem = f"{td.features.meta.get('dataset', 'prompt')}-{cfg.loss}-{path.stem}"
-            target = out or artifacts.default_out("prompt", stem, key)
+            target = outs[i] if outs else artifacts.default_out("prompt", stem, key)
             runs.append({"td": td, "cfg": cfg, "init": init_ctx, "upstream": upstream,
                          "options": options, "key": key, "target": target,
                          "hit": artifacts.cached(target, key, "prompt")})
@@ -224,6 +235,17 @@ def _split(text: str, flag: str, kind: type) -> list[Any]:
         return [kind(t) for t in items] or [None]
     except ValueError:
         raise UsageError(f"{flag} {text!r}: write one value or a comma list") from None
+
+
+def _zipped(inputs: list[Path], losses: list[Any], seeds: list[Any]) -> list[tuple]:
+    """Item-by-item runs; a list of one value applies to every run."""
+    n = max(len(inputs), len(losses), len(seeds))
+    if any(len(x) not in (1, n) for x in (inputs, losses, seeds)):
+        raise UsageError("--zip needs inputs, --loss and --seed lists of one length (or one item)")
+    return [
+        (inputs[i % len(inputs)], losses[i % len(losses)], seeds[i % len(seeds)])
+        for i in range(n)
+    ]
 
 
 def _groups(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
