@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from nlp_cli import artifacts, clip_model, losses
-from nlp_cli.errors import ArtifactError, NlpError, UsageError
-from nlp_cli.prompt import PromptLearner, plain_text_features
+from nlp_cli.errors import ArtifactError, NlpError
+from nlp_cli.prompt import PromptLearner, prompt_text_features
 
 GROUPS = ("clean", "noisy")
 STAT_KEYS = ("n", "mean", "median", "p90", "max")
@@ -113,53 +113,8 @@ class AnalysisInput:
 
 
 def load_model_for(features: artifacts.Artifact, model: str | None = None) -> clip_model.LoadedClip:
-    """The CLIP model a features artifact was made with (`model` overrides the recorded name)."""
-    recorded = features.model
-    name = model or recorded.get("name")
-    if not name:
-        raise ArtifactError(f"{features.path} records no CLIP model: pass --model")
-    try:
-        loaded = clip_model.load(name)
-    except UsageError:
-        if model:
-            raise
-        raise UsageError(
-            f"{features.path} was made with CLIP model {name!r}, which is not a known name: "
-            "pass its checkpoint with --model PATH"
-        ) from None
-    artifacts.check_compatible(
-        {"model": loaded.identity}, features.meta, f"model {name} and {features.path}"
-    )
-    return loaded
-
-
-def load_prompt_learner(
-    prompt: artifacts.Artifact, loaded: clip_model.LoadedClip, classnames: list[str]
-) -> PromptLearner:
-    """A PromptLearner rebuilt from a prompt file's metadata and `ctx` tensor."""
-    cfg = prompt.meta.get("prompt")
-    if not isinstance(cfg, dict):
-        raise ArtifactError(f"{prompt.path} records no prompt configuration (meta 'prompt')")
-    ctx = prompt.tensors["ctx"]
-    try:
-        learner = PromptLearner(
-            loaded.model,
-            classnames,
-            n_ctx=int(cfg.get("n_ctx", ctx.shape[-2])),
-            ctx_init=cfg.get("ctx_init") or None,
-            csc=bool(cfg.get("csc", False)),
-            position=str(cfg.get("position", "end")),
-        )
-    except ValueError as e:
-        raise ArtifactError(f"{prompt.path}: bad prompt configuration ({e})") from e
-    if tuple(learner.ctx.shape) != tuple(ctx.shape):
-        raise ArtifactError(
-            f"{prompt.path}: ctx has shape {tuple(ctx.shape)}, its configuration implies "
-            f"{tuple(learner.ctx.shape)}"
-        )
-    with torch.no_grad():
-        learner.ctx.copy_(ctx.to(learner.ctx.dtype))
-    return learner
+    """The CLIP model a features artifact was made with (`model` overrides the recorded one)."""
+    return clip_model.load_for(features.meta, model)
 
 
 def prepare(
@@ -184,8 +139,7 @@ def prepare(
         else:
             prompt = artifacts.load(prompt_path, "prompt")
             artifacts.check_compatible(prompt, feats, f"{prompt.path} and {feats.path}")
-            learner = load_prompt_learner(prompt, loaded, classnames)
-            text = plain_text_features(loaded.model, learner)
+            text = prompt_text_features(loaded.model, prompt)
         text = text.float()
         text = text / text.norm(dim=-1, keepdim=True)
         image = train[index].float()
@@ -202,6 +156,46 @@ def prepare(
         prompt=prompt,
         info={"logit_scale": loaded.logit_scale, "model": loaded.identity},
     )
+
+
+def gradient_over_training(
+    data: AnalysisInput,
+    loss_names: list[str],
+    epochs: int,
+    knobs: dict[str, dict[str, Any]] | None = None,
+    seed: int = 1,
+    model: str | None = None,
+) -> dict[str, list[GradStats]]:
+    """For each loss, train a prompt with it for `epochs` epochs (DSPT's protocol settings) and
+    return the gradient statistics of that loss at the prompt after every epoch (DSPT Fig. 7)."""
+    from nlp_cli import train
+    from nlp_cli.prompt import text_features
+
+    knobs = knobs or {}
+    loaded = load_model_for(data.features, model)
+    tdata = train.load_data(data.labelset.path)
+    index = data.labelset.tensors["index"].long()
+    image = data.features.tensors["train.features"][index].float()
+    image = image / image.norm(dim=-1, keepdim=True)
+    out: dict[str, list[GradStats]] = {}
+    for name in loss_names:
+        config = train.make_config(
+            "dspt", loss=name, epochs=epochs, seed=seed, **knobs.get(name, {})
+        )
+        per_epoch: list[GradStats] = []
+
+        def look(epoch: int, learner: PromptLearner, name: str = name, acc=per_epoch) -> None:
+            with torch.no_grad():
+                text = text_features(loaded.model, learner).float()
+                text = text / text.norm(dim=-1, keepdim=True)
+                logits = loaded.logit_scale * image @ text.T
+            acc.append(
+                gradient_stats([name], logits, data.labels, data.true_labels, data.clean, knobs)
+            )
+
+        train.train_prompt(tdata, config, loaded=loaded, inspect=look)
+        out[name] = per_epoch
+    return out
 
 
 def require_matplotlib() -> None:

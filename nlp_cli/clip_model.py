@@ -41,7 +41,9 @@ def resolve(name_or_path: str) -> Path:
     if name_or_path in BUILTIN:
         path = BUILTIN[name_or_path]
         if not path.exists():
-            raise ArtifactError(f"built-in model {name_or_path} is missing from the package ({path})")
+            raise ArtifactError(
+                f"built-in model {name_or_path} is missing from the package ({path})"
+            )
         return path
     if name_or_path in openai_models():
         path = model_file(name_or_path)
@@ -127,6 +129,8 @@ def load_for(meta: dict[str, Any], override: str | None = None, device="cpu") ->
         try:
             loaded = load(cand, device)
         except (UsageError, ArtifactError) as e:
+            if override and isinstance(e, UsageError):
+                raise  # a misspelt --model: the usage error with its suggestion
             last = e
             continue
         want = recorded.get("digest")
@@ -197,7 +201,10 @@ def save_checkpoint(model: Any, path: Path | str, fp16: bool = True) -> Path:
     """Save a CLIP state dict in OpenAI's layout, loadable by clip.load(path, jit=False)."""
     from nlp_cli.artifacts import atomic_path
 
-    state = {k: (v.half() if fp16 and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if fp16 and v.is_floating_point() else v)
+        for k, v in model.state_dict().items()
+    }
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

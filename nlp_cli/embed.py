@@ -15,8 +15,8 @@
   identical rerun finds the artifact by its cache key and does nothing. A lock file beside the
   output (`.<out name>.lock`, flock) makes two processes embedding the same dataset take turns:
   the second finds the first's artifact and does nothing.
-* Test hook: the environment variable `NLP_TEST_SHARD_PAUSE=SECONDS` pauses after each shard is
-  written, so that tests can interrupt a run part-way on purpose.
+* Test hook: with `NLP_TEST_PAUSE=SECONDS` the run pauses after each shard is written
+  (`artifacts.step_done`), so that tests can interrupt it part-way on purpose.
 * Under torchrun / torch.distributed (gloo on CPU, NCCL on GPU), shards are dealt round-robin
   to the ranks; rank 0 waits for all of them and merges.
 """
@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,9 +237,7 @@ def encode_shards(
             tensors["views"] = torch.cat(views, dim=1)
         with artifacts.atomic_path(_shard_file(work, split, a)) as tmp:
             save_file(tensors, str(tmp))
-        pause = float(os.environ.get("NLP_TEST_SHARD_PAUSE") or 0)
-        if pause > 0:
-            time.sleep(pause)
+        artifacts.step_done()
 
 
 def merge_shards(

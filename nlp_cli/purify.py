@@ -160,10 +160,11 @@ def sinkhorn(
     n, c = M.shape[-2], M.shape[-1]
     a = torch.full((n,), 1.0 / n, dtype=M.dtype) if a is None else a.double()
     b = torch.full((c,), 1.0 / c, dtype=M.dtype) if b is None else b.double()
-    # Adding a constant to a row or a column of M rescales u or v and leaves the plan
-    # unchanged; shifting each to a zero minimum keeps exp(−M/reg) inside float64.
-    shifted = M - M.amin(dim=-1, keepdim=True)
-    shifted = shifted - shifted.amin(dim=-2, keepdim=True)
+    # Adding a constant to a column of M rescales v and leaves the plan, and every iterate
+    # of u, unchanged (v is updated first); a zero minimum per column keeps exp(−M/reg) in
+    # float64's range. Row shifts would be as harmless at convergence, but they change
+    # where the (uniform) starting u sits, so unconverged plans would differ from POT's.
+    shifted = M - M.amin(dim=-2, keepdim=True)
     if log_domain is None:
         log_domain = bool(float(shifted.amax()) / reg > LOG_DOMAIN_SPAN)
     solve = _sinkhorn_log if log_domain else _sinkhorn_scaling
@@ -179,10 +180,10 @@ def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
     err, it, converged = math.inf, 0, False
     for it in range(max_iter):  # noqa: B007 - the last index is reported
         u_prev, v_prev = u, v
-        ktu = _times(Kt, u)
-        v = b / ktu
+        v = b / _times(Kt, u)
         u = a / _times_t(Kt, v)
-        if not (torch.isfinite(u).all() and torch.isfinite(v).all()) or bool((ktu == 0).any()):
+        # One reduction instead of POT's four checks: a zero in Kᵀu makes v infinite.
+        if not math.isfinite(float(u.sum() + v.sum())):
             u, v = u_prev, v_prev
             break
         if it % 10 == 0:
@@ -293,7 +294,7 @@ def promptot(
         raise UsageError(f"--reg must be positive, got {reg:g}")
     M = promptot_cost(image_feats, text_feats, logit_scale)
     if solver == "pot":
-        span = float((M - M.amin(dim=-1, keepdim=True)).amax()) / reg
+        span = float((M - M.amin(dim=-2, keepdim=True)).amax()) / reg
         use_log = bool(span > LOG_DOMAIN_SPAN) if log_domain is None else log_domain
         plan, iterations, error = _pot_plan(M, reg, max_iter, stop_thr, use_log)
         converged = error < stop_thr

@@ -4,6 +4,7 @@ The library never prints: progress goes through the `on_epoch` callback. A run i
 deterministic on CPU for a given seed: the context init, the batch order and the augmented
 view of every sample in every epoch come from generators seeded by (seed, epoch), so a run
 resumed from its checkpoint ends with the same `ctx`, bit for bit, as an uninterrupted one.
+After each epoch's checkpoint, `artifacts.step_done()` runs (the NLP_TEST_PAUSE test hook).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from nlp_cli import artifacts, clip_model, losses
-from nlp_cli.errors import ArtifactError, NlpError, UsageError
+from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
 from nlp_cli.prompt import POSITIONS, PromptLearner, learner_from_artifact, text_features_many
 
 TARGETS = ("labels", "zero-shot")
@@ -103,7 +104,10 @@ def make_config(protocol: str | None = None, **options: Any) -> TrainConfig:
     base: dict[str, Any] = {}
     if protocol is not None:
         if protocol not in PROTOCOLS:
-            raise UsageError(f"unknown protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+            raise UsageError(
+                f"unknown protocol {protocol!r}{did_you_mean(protocol, list(PROTOCOLS))}: "
+                f"choose from {', '.join(PROTOCOLS)}"
+            )
         base.update(PROTOCOLS[protocol])
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = [k for k in options if k not in names]
@@ -184,7 +188,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ArtifactError(f"{path} is not a readable training checkpoint") from e
+        raise ArtifactError(
+            f"{path} is not a readable training checkpoint: delete it to start over"
+        ) from e
 
 
 def train_prompt(
@@ -196,16 +202,19 @@ def train_prompt(
     resume: bool = False,
     run_key: str | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    inspect: Callable[[int, PromptLearner], None] | None = None,
 ) -> TrainResult:
     """Train CoOp context vectors on cached image features; returns ctx and per-epoch history.
 
     `checkpoint` is written after every epoch; with `resume`, a checkpoint carrying the same
     `run_key` is continued from. `init_ctx` replaces the random or word initialisation.
+    `inspect(epoch, learner)` sees the prompt after each epoch (analysis follows training with it).
     """
     callback = None if on_epoch is None else (lambda _run, record: on_epoch(record))
+    look = None if inspect is None else (lambda _run, epoch, learner: inspect(epoch, learner))
     (result,) = train_many(
         [data], [config], loaded=loaded, init_ctxs=[init_ctx], checkpoints=[checkpoint],
-        resume=resume, run_keys=[run_key], on_epoch=callback,
+        resume=resume, run_keys=[run_key], on_epoch=callback, inspect=look,
     )
     return result
 
@@ -365,6 +374,7 @@ def train_many(
     resume: bool = False,
     run_keys: list[str | None] | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    inspect: Callable[[int, int, PromptLearner], None] | None = None,
 ) -> list[TrainResult]:
     """Train R prompts over the same features at once; result r equals train_prompt's for run r.
 
@@ -372,7 +382,8 @@ def train_many(
     batch size; they must share the features, the device and the prompt layout. Every step
     encodes the prompts of all runs that still have a batch in one text-encoder pass
     (prompt.text_features_many) and backpropagates the sum of their losses: run r's ctx gets
-    run r's gradient alone. `on_epoch(r, record)` is called as run r finishes an epoch.
+    run r's gradient alone. `on_epoch(r, record)` and `inspect(r, epoch, learner)` are called
+    as run r finishes an epoch.
     """
     configs = list(configs)
     for c in configs:
@@ -444,8 +455,11 @@ def train_many(
                      "ctx": r.learner.ctx.detach().cpu(), "optim": r.optim.state_dict(),
                      "history": r.history},
                 )
+                artifacts.step_done()
             if on_epoch is not None:
                 on_epoch(i, record)
+            if inspect is not None:
+                inspect(i, epoch + 1, r.learner)
     return [r.result(c) for r, c in zip(runs, configs, strict=True)]
 
 

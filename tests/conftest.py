@@ -1,4 +1,4 @@
-"""Shared fixtures: a temporary NLP_HOME, a tiny CLIP checkpoint, synthetic features, a CLI runner."""
+"""Shared fixtures: a temporary NLP_HOME, a tiny CLIP, synthetic features, a CLI runner."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,10 +207,17 @@ def test_cli_refuses_unknown_loss_and_missing_partition(cli, tmp_path, features,
     assert r.code == 2 and "q must lie in" in r.stderr
 
 
-def test_cli_needs_a_resolvable_model(cli, tmp_path, features):
-    ls, _, _ = _labelset(tmp_path, features)
+def test_cli_needs_a_resolvable_model(cli, tmp_path, tiny_clip):
+    import shutil
+
+    from conftest import make_features
+
+    gone = shutil.copy(tiny_clip, tmp_path / "moved-away.pt")
+    feats = make_features(tmp_path / "feats.safetensors", gone)
+    ls, _, _ = _labelset(tmp_path, feats)
+    Path(gone).unlink()
     r = cli("analyze-grad", ls)
-    assert r.code == 2 and "--model" in r.stderr and r.stderr.count("\n") == 1
+    assert r.code == 1 and "--model" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_cli_nlprompt_uses_the_partition(cli, tmp_path, features, tiny_clip):
@@ -301,4 +309,48 @@ def test_cli_refuses_another_clip_model(cli, tmp_path, features):
     ls, _, _ = _labelset(tmp_path, features)
     other = clip_model.save_checkpoint(clip_model.build_tiny(seed=1), tmp_path / "other.pt")
     r = cli("analyze-grad", ls, "--model", other)
-    assert r.code == 1 and "another CLIP model" in r.stderr and r.stderr.count("\n") == 1
+    assert r.code == 1 and "differs from the one" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_epochs_follows_training_and_matches_the_trained_prompt(cli, tmp_path, features):
+    labels = tmp_path / "labels.safetensors"
+    assert cli("corrupt", features, "--sym", "0.4", "--seed", "1", "--out", labels).code == 0
+    r = cli("analyze-grad", labels, "--loss", "ce,dsoftmax", "--epochs", "2", "--json")
+    assert r.code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert list(result) == ["ce", "dsoftmax"]
+    for name in result:
+        assert [e["epoch"] for e in result[name]["epochs"]] == [1, 2]
+        assert result[name]["epochs"][-1]["noisy"] == result[name]["noisy"]
+        assert result[name]["noisy"]["n"] == 40 and result[name]["clean"]["n"] == 60
+    assert "per epoch" in r.stderr
+
+    prompt = tmp_path / "ce.safetensors"
+    trained = cli(
+        "train",
+        labels,
+        "--loss",
+        "ce",
+        "--protocol",
+        "dspt",
+        "--epochs",
+        "2",
+        "--seed",
+        "1",
+        "--out",
+        prompt,
+    )
+    assert trained.code == 0, trained.stderr
+    at = json.loads(
+        cli("analyze-grad", labels, "--loss", "ce", "--prompt", prompt, "--json").stdout
+    )
+    for group in ("clean", "noisy"):
+        for key in ("mean", "median", "max"):
+            assert at["ce"][group][key] == pytest.approx(result["ce"][group][key], rel=1e-3)
+
+
+def test_epochs_and_prompt_together_are_refused(cli, tmp_path, features):
+    labels = tmp_path / "labels.safetensors"
+    cli("corrupt", features, "--sym", "0.4", "--out", labels)
+    r = cli("analyze-grad", labels, "--epochs", "1", "--prompt", labels)
+    assert r.code == 2 and "--epochs" in r.stderr and r.stdout == ""

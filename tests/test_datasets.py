@@ -233,6 +233,7 @@ def test_embed_of_absent_catalog_dataset_says_how(tmp_path):
 
 def test_shapes_absent_is_one_clear_line(cli, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "nlp_cli.datasets.shapes", None)
+    monkeypatch.delattr(datasets, "shapes", raising=False)
     r = cli("download", "shapes", "--root", tmp_path)
     assert r.code == 1 and "shapes generator" in r.stderr and len(r.stderr.splitlines()) == 1
 
@@ -249,9 +250,9 @@ def test_shapes_download_calls_generator(cli, monkeypatch, tmp_path):
         (out / "split_shapes.json").write_text(json.dumps(items))
         return out
 
-    monkeypatch.setitem(
-        sys.modules, "nlp_cli.datasets.shapes", types.SimpleNamespace(generate=generate)
-    )
+    fake = types.SimpleNamespace(generate=generate)
+    monkeypatch.setitem(sys.modules, "nlp_cli.datasets.shapes", fake)
+    monkeypatch.setattr(datasets, "shapes", fake, raising=False)
     r = cli("download", "shapes", "--root", tmp_path)
     assert r.code == 0, r.stderr
     assert Path(r.stdout.strip()) == tmp_path / "shapes"

@@ -88,3 +88,15 @@ def test_eval_writes_metrics_file_and_refuses_other_classes(cli, features, tmp_p
     assert bad2.code == 1 and "another CLIP model" in bad2.stderr
     nosplit = cli("eval", t.stdout.strip(), "--split", "holdout")
     assert nosplit.code == 2 and "no holdout split" in nosplit.stderr
+
+
+def test_plot_draws_the_prompt_history(cli, features, tmp_path):
+    pytest.importorskip("matplotlib")
+    prompt = tmp_path / "p.safetensors"
+    assert cli("train", features, "--epochs", "2", "--out", prompt).code == 0
+    png = tmp_path / "curves.png"
+    r = cli("eval", prompt, "--plot", png, "--json")
+    assert r.code == 0, r.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG" and "acc1" in json.loads(r.stdout)
+    r = cli("eval", "--zero-shot", features, "--plot", png)
+    assert r.code == 2 and "PROMPT" in r.stderr and r.stdout == ""

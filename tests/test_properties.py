@@ -104,3 +104,104 @@ def test_dsoftmax_gradient_is_the_papers_and_its_mass_at_most_one(batch):
     want = p * ((q - delta) + (py - (p * q).sum(1, keepdim=True)))
     torch.testing.assert_close(grad, want, rtol=1e-7, atol=1e-12)
     assert (grad.abs().sum(dim=1) <= 1 + 1e-9).all()
+
+
+# --- noise models (SPEC §3) and PromptOT's couplings -------------------------------------------
+
+
+@st.composite
+def label_sets(draw):
+    """(labels [N], C): every class present at least `min_per_class` times."""
+    c = draw(st.integers(2, 12))
+    per = draw(st.integers(1, 8))
+    extra = draw(st.lists(st.integers(0, c - 1), max_size=60))
+    labels = [k for k in range(c) for _ in range(per)] + extra
+    perm = draw(st.permutations(range(len(labels))))
+    return torch.tensor([labels[i] for i in perm], dtype=torch.long), c
+
+
+@pytest.mark.parametrize("kind", ["sym", "pair"])
+@SETTINGS
+@given(data=label_sets(), rate=st.floats(0.0, 0.999), seed=st.integers(0, 2**31 - 1))
+def test_noise_flips_exactly_round_rn_and_keeps_a_clean_sample_per_class(kind, data, rate, seed):
+    from nlp_cli import noise
+    from nlp_cli.errors import UsageError
+
+    labels, c = data
+    n = len(labels)
+    try:
+        index, result, _ = noise.corrupt(kind, labels, c, seed=seed, rate=rate)
+    except UsageError as e:
+        assert "leaves no clean sample" in str(e)
+        # Class quotas are floor(r·n_c) or one more: only a class that one more would empty
+        # can be the reason.
+        counts = torch.bincount(labels, minlength=c).double()
+        assert ((rate * counts).floor() + 1 >= counts).any()
+        return
+    noisy = result.labels
+    assert torch.equal(index, torch.arange(n))
+    changed = noisy != labels
+    assert int(changed.sum()) == round(rate * n)
+    assert ((noisy >= 0) & (noisy < c)).all()
+    if kind == "pair":
+        assert torch.equal(noisy[changed], (labels[changed] + 1) % c)
+    counts = torch.bincount(labels, minlength=c)
+    flipped = torch.bincount(labels[changed], minlength=c)
+    floor = (rate * counts.double()).floor().long()
+    assert ((flipped == floor) | (flipped == floor + 1)).all()  # every class near rate r
+    clean_left = torch.bincount(labels[~changed], minlength=c)
+    assert (clean_left[counts > 0] >= 1).all()
+    again = noise.corrupt(kind, labels, c, seed=seed, rate=rate)[1].labels
+    assert torch.equal(noisy, again)  # same seed, same labels, bit for bit
+
+
+@SETTINGS
+@given(data=label_sets(), seed=st.integers(0, 2**31 - 1))
+def test_transition_matrix_rows_are_distributions(data, seed):
+    from nlp_cli import noise
+
+    labels, c = data
+    noisy = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
+    t = noise.transition_matrix(labels, noisy, c)
+    assert t.shape == (c, c) and (t >= 0).all()
+    torch.testing.assert_close(t.sum(dim=1), torch.ones(c, dtype=torch.float64))
+
+
+@st.composite
+def ot_problems(draw):
+    n = draw(st.integers(1, 60))
+    c = draw(st.integers(2, 10))
+    seed = draw(st.integers(0, 2**31 - 1))
+    scale = draw(st.sampled_from([1.0, 20.0, 100.0]))
+    g = torch.Generator().manual_seed(seed)
+    image, text = torch.randn(n, 16, generator=g), torch.randn(c, 16, generator=g)
+    return image, text, scale
+
+
+@SETTINGS
+@given(
+    problem=ot_problems(),
+    reg=st.sampled_from([1e-3, 1e-2, 0.1, 1.0]),
+    log=st.sampled_from([None, True, False]),
+)
+def test_sinkhorn_coupling_keeps_its_marginals(problem, reg, log):
+    """Rows always carry exactly 1/N (the last half-step fits them); columns carry 1/C to the
+    stopping threshold whenever the solver reports convergence (always at reg = 1 here: the
+    cost's spread is below 1, so the kernel is well conditioned).
+    PromptOT's reg = 0.01 may stop at max_iter, as POT does: the plan is still a valid one."""
+    from nlp_cli import purify
+
+    image, text, scale = problem
+    m = purify.promptot_cost(image, text, scale)
+    n, c = m.shape
+    if log is False and reg < 0.01:
+        log = None  # the scaling solver underflows there; None picks the log domain
+    res = purify.sinkhorn(m, reg=reg, log_domain=log)
+    plan = res.coupling
+    assert torch.isfinite(plan).all() and (plan >= 0).all()
+    torch.testing.assert_close(plan.sum(dim=1), torch.full((n,), 1 / n, dtype=plan.dtype))
+    col_err = float((plan.sum(dim=0) - 1 / c).norm())
+    if reg >= 1.0:
+        assert res.converged
+    if res.converged:
+        assert col_err < 1e-6 * 1.01

@@ -220,8 +220,12 @@ BAD_INPUTS: list[tuple[str, Builder, int, str]] = [
     ("labelset-as-prompt", _labelset_as_prompt, 1, "labelset artifact, but a prompt"),
     ("nan-features", _with_features(_nan), 1, "NaN or infinite"),
     ("inf-features", _with_features(_inf), 1, "test.features holds 1 NaN or infinite"),
-    ("nan-views", _with_features(_nan_view), 1, "train.views holds 1 NaN or infinite value(s), "
-     "first in row 7"),  # fmt: skip
+    (
+        "nan-views",
+        _with_features(_nan_view),
+        1,
+        "train.views holds 1 NaN or infinite value(s), first in row 7",
+    ),  # fmt: skip
     ("label-outside-classes", _label_outside, 1, "label 5 outside 0..4"),
     ("negative-label", _negative_label, 1, "label -1 outside"),
     ("ragged-labelset", _ragged, 1, "differ in length"),
@@ -230,7 +234,7 @@ BAD_INPUTS: list[tuple[str, Builder, int, str]] = [
     ("upstream-deleted", _upstream_gone, 1, "no longer exists"),
     ("other-classes", _other_classes_than_features, 1, "other classes"),
     ("prompt-other-classes", _prompt_for_other_classes, 1, "other classes"),
-    ("another-clip-model", _another_model, 1, "another CLIP model"),
+    ("another-clip-model", _another_model, 1, "differs from the one the artifact was made with"),
     ("unknown-loss", lambda t, f, ls, c: ["analyze-grad", ls, "--loss", "dsoftmx"], 2, "did you"),
     ("unknown-knob", lambda t, f, ls, c: ["analyze-grad", ls, "--knob", "ce.q=1"], 2, "no knob"),
     (
@@ -279,6 +283,145 @@ def test_bad_input_is_one_line_and_damages_nothing(cli, inputs, case, build, cod
     assert pattern in r.stderr and "Traceback" not in r.stderr
     after = {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file()}
     assert after == before  # nothing written, nothing damaged, no temporary files left
+
+
+def _map_file(tmp: Path, text: str) -> Path:
+    (tmp / "map.yaml").write_text(text)
+    return tmp / "map.yaml"
+
+
+def _one_class(tmp, feats, labels, clip):
+    return ["corrupt", make_features(tmp / "one.safetensors", clip, n_classes=1), "--sym", "0.2"]
+
+
+def _corrupt_nan(tmp, feats, labels, clip):
+    art = artifacts.load(feats)
+    return ["corrupt", rewrite(feats, tmp / "nan.safetensors", _nan(dict(art.tensors)))]
+
+
+def _a_prompt(tmp, feats, labels, clip):
+    p = artifacts.save(tmp / "p.safetensors", "prompt", {"ctx": torch.zeros(4, 32)}, {})
+    return ["purify", p]
+
+
+def _purify_other_prompt(tmp, feats, labels, clip):
+    args = _prompt_for_other_classes(tmp, feats, labels, clip)
+    return ["purify", *args[1:]]
+
+
+# The same contract for `nlp corrupt` and `nlp purify`.
+STAGE_INPUTS: list[tuple[str, Builder, int, str]] = [
+    ("sym-above-one", lambda t, f, ls, c: ["corrupt", f, "--sym", "1.2"], 2,
+     "--sym must lie in [0, 1), got 1.2"),
+    ("sym-negative", lambda t, f, ls, c: ["corrupt", f, "--sym=-0.1"], 2, "must lie in [0, 1)"),
+    ("pair-one", lambda t, f, ls, c: ["corrupt", f, "--pair", "1"], 2, "must lie in [0, 1)"),
+    ("pair-nan", lambda t, f, ls, c: ["corrupt", f, "--pair", "nan"], 2, "got nan"),
+    ("two-noise-types", lambda t, f, ls, c: ["corrupt", f, "--sym", "0.2", "--pair", "0.2"], 2,
+     "choose one noise type"),
+    ("no-clean-sample-left", lambda t, f, ls, c: ["corrupt", f, "--sym", "0.99"], 2,
+     "leaves no clean sample"),
+    ("few-shots-no-clean-left", lambda t, f, ls, c: ["corrupt", f, "--shots", "1", "--pair",
+     "0.9"], 2, "leaves no clean sample"),
+    ("one-class", _one_class, 2, "at least 2 classes"),
+    ("shots-zero", lambda t, f, ls, c: ["corrupt", f, "--shots", "0"], 2, "--shots must be"),
+    ("rate-without-map", lambda t, f, ls, c: ["corrupt", f, "--sym", "0.2", "--rate", "0.5"], 2,
+     "--rate only applies to --map"),
+    ("map-unknown-class", lambda t, f, ls, c: ["corrupt", f, "--map", _map_file(t,
+     '"class x": "class a"')], 2, "unknown class"),
+    ("map-to-itself", lambda t, f, ls, c: ["corrupt", f, "--map", _map_file(t,
+     '"class a": "class a"')], 2, "mapped to itself"),
+    ("map-not-a-mapping", lambda t, f, ls, c: ["corrupt", f, "--map", _map_file(t, "- a\n")], 2,
+     "expected a non-empty mapping"),
+    ("map-missing", lambda t, f, ls, c: ["corrupt", f, "--map", t / "none.yaml"], 2,
+     "cannot read it"),
+    ("labelset-as-features", lambda t, f, ls, c: ["corrupt", ls], 1,
+     "labelset artifact, but a features is expected"),
+    ("corrupt-nan-features", _corrupt_nan, 1, "NaN or infinite"),
+    ("corrupt-empty-stdin", lambda t, f, ls, c: ["corrupt"], 2, "no feature cache given"),
+    ("unknown-purifier", lambda t, f, ls, c: ["purify", ls, "--method", "ott"], 2,
+     "unknown purifier 'ott' (did you mean 'ot'?)"),
+    ("reg-zero", lambda t, f, ls, c: ["purify", ls, "--reg", "0"], 2, "--reg must be positive"),
+    ("unknown-solver", lambda t, f, ls, c: ["purify", ls, "--solver", "cvx"], 2, "--solver"),
+    ("features-as-labelset", lambda t, f, ls, c: ["purify", f], 1,
+     "features artifact, but a labelset or partition"),
+    ("prompt-as-labelset", _a_prompt, 1, "prompt artifact, but a labelset or partition"),
+    ("purify-prompt-other-classes", _purify_other_prompt, 1, "other classes"),
+    ("purify-upstream-changed", lambda t, f, ls, c: ["purify", *_upstream_changed(t, f, ls, c)[1:]],
+     1, "changed after"),
+    ("purify-unwritable-out", lambda t, f, ls, c: ["purify", *_unwritable_out(t, f, ls, c)[1:]],
+     1, "cannot write"),
+    ("corrupt-unwritable-out", lambda t, f, ls, c: ["corrupt", f, "--sym", "0.2", "--out",
+     _unwritable_out(t, f, ls, c)[-1]], 1, "cannot write"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case,build,code,pattern", STAGE_INPUTS, ids=[c[0] for c in STAGE_INPUTS])
+def test_corrupt_and_purify_refuse_bad_input(cli, inputs, case, build, code, pattern):
+    test_bad_input_is_one_line_and_damages_nothing(cli, inputs, case, build, code, pattern)
+
+
+def _as(cmd: str, build: Builder) -> Builder:
+    """The same bad input given to another stage."""
+    return lambda t, f, ls, c: [cmd, build(t, f, ls, c)[1]]
+
+
+def _damaged_checkpoint(tmp, feats, labels, clip):
+    (tmp / "p.st.ckpt").write_bytes(b"not a checkpoint")
+    return ["train", labels, "--epochs", "1", "--resume", "--out", tmp / "p.st"]
+
+
+def _init_from_other_classes(tmp, feats, labels, clip):
+    prompt = _prompt_for_other_classes(tmp, feats, labels, clip)[3]
+    return ["train", labels, "--epochs", "1", "--init-from", prompt]
+
+
+def _eval_other_classes(tmp, feats, labels, clip):
+    prompt = _prompt_for_other_classes(tmp, feats, labels, clip)[3]
+    return ["eval", prompt, "--features", feats]
+
+
+# The same contract for `nlp train` and `nlp eval`.
+TRAIN_EVAL_INPUTS: list[tuple[str, Builder, int, str]] = [
+    ("train-unknown-loss", lambda t, f, ls, c: ["train", ls, "--loss", "dsoftmx"], 2,
+     "did you mean 'dsoftmax'"),
+    ("train-unknown-protocol", lambda t, f, ls, c: ["train", ls, "--protocol", "dsp"], 2,
+     "did you mean 'dspt'"),
+    ("train-zero-epochs", lambda t, f, ls, c: ["train", ls, "--epochs", "0"], 2, "at least 1"),
+    ("train-negative-lr", lambda t, f, ls, c: ["train", ls, "--lr", "-1"], 2, "--lr must be"),
+    ("train-nlprompt-without-partition", lambda t, f, ls, c: ["train", ls, "--loss", "nlprompt"],
+     2, "needs a clean/noisy partition"),
+    ("train-prompt-as-input", lambda t, f, ls, c: ["train", _a_prompt(t, f, ls, c)[1]], 1,
+     "is a prompt artifact"),
+    ("train-truncated-input", _as("train", _truncated), 1, "not a readable nlp artifact"),
+    ("train-nan-features", _as("train", _with_features(_nan)), 1, "NaN or infinite"),
+    ("train-label-outside-classes", _as("train", _label_outside), 1, "outside 0..4"),
+    ("train-upstream-deleted", _as("train", _upstream_gone), 1, "no longer exists"),
+    ("train-init-from-labelset", lambda t, f, ls, c: ["train", ls, "--init-from", ls], 1,
+     "labelset artifact, but a prompt is expected"),
+    ("train-init-from-other-classes", _init_from_other_classes, 1, "other classes"),
+    ("train-damaged-checkpoint", _damaged_checkpoint, 1,
+     "not a readable training checkpoint: delete it to start over"),
+    ("train-unwritable-out", lambda t, f, ls, c: ["train", ls, "--out",
+     _unwritable_out(t, f, ls, c)[-1]], 1, "cannot write"),
+    ("train-empty-stdin", lambda t, f, ls, c: ["train"], 2, "no label set given"),
+    ("eval-labelset-as-prompt", lambda t, f, ls, c: ["eval", ls], 1,
+     "labelset artifact, but a prompt is expected"),
+    ("eval-missing-prompt", lambda t, f, ls, c: ["eval", t / "none.st"], 1, "no such file"),
+    ("eval-prompt-other-classes", _eval_other_classes, 1, "other classes"),
+    ("eval-unknown-split", lambda t, f, ls, c: ["eval", "--zero-shot", f, "--split", "bogus"], 2,
+     "has no bogus split"),
+    ("eval-zero-shot-and-prompt", lambda t, f, ls, c: ["eval", ls, "--zero-shot", f], 2,
+     "takes neither"),
+    ("eval-unwritable-out", lambda t, f, ls, c: ["eval", "--zero-shot", f, "--out",
+     _unwritable_out(t, f, ls, c)[-1]], 1, "cannot write"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case,build,code,pattern", TRAIN_EVAL_INPUTS, ids=[c[0] for c in TRAIN_EVAL_INPUTS]
+)
+def test_train_and_eval_refuse_bad_input(cli, inputs, case, build, code, pattern):
+    test_bad_input_is_one_line_and_damages_nothing(cli, inputs, case, build, code, pattern)
 
 
 def test_the_same_command_succeeds_on_good_input(cli, inputs):
@@ -532,7 +675,10 @@ def test_truncated_archive_without_checksum_fails_cleanly_and_retries(cli, http,
 
 
 def _env(**extra) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+    # the child computes with as many threads as this process: float sums depend on the split,
+    # and the resume tests compare the two bit for bit
+    threads = str(torch.get_num_threads())
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": threads, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -551,6 +697,11 @@ def _embed_cmd(data: Path, clip: Path, out: Path | None) -> list[str]:
     return cmd + ["--shard-size", "2"] + (["--out", str(out)] if out else [])
 
 
+def _default_sigint() -> None:
+    """A test run in the background ignores SIGINT, and a child would inherit that: restore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while not predicate():
@@ -567,7 +718,8 @@ def test_embed_killed_part_way_resumes_to_the_same_features(
     out = tmp_path / "f.st"
     proc = subprocess.Popen(
         _embed_cmd(data, tiny_clip, out),
-        env=_env(NLP_TEST_SHARD_PAUSE="0.4"),
+        env=_env(NLP_TEST_PAUSE="0.4"),
+        preexec_fn=_default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -598,30 +750,27 @@ def test_embed_killed_part_way_resumes_to_the_same_features(
     assert [p.name for p in tmp_path.iterdir()] == ["f.st"]  # work folder and lock are gone
 
 
-def test_two_processes_embedding_at_once_take_turns(interrupt_data, tiny_clip, tmp_path, nlp_home):
+def test_two_processes_embedding_at_once_take_turns(interrupt_data, tiny_clip, tmp_path):
+    """A second run started while the first holds the lock waits, then finds its artifact."""
     data, ref = interrupt_data
-    env = _env(NLP_TEST_SHARD_PAUSE="0.2", NLP_HOME=str(nlp_home))
-    procs = [
-        subprocess.Popen(
-            _embed_cmd(data, tiny_clip, None),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    results = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], results
-    paths = {stdout.strip() for stdout, _ in results}
-    assert len(paths) == 1
-    # One did the work; the other waited for the lock and found the finished artifact.
-    assert sum("cache hit" in stderr for _, stderr in results) == 1
-    got = artifacts.load(paths.pop()).tensors
+    out = tmp_path / "f.st"
+    proc = subprocess.Popen(
+        _embed_cmd(data, tiny_clip, out),
+        env=_env(NLP_TEST_PAUSE="0.3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(lambda: (tmp_path / ".f.st.lock").exists(), proc)
+    second = embed(datasets.load(str(data)), str(tiny_clip), EmbedOptions(shard_size=2), out)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert stdout.strip() == str(out) and "cache hit" not in stderr  # the first did the work
+    assert second.cache_hit and second.path == out  # the second waited and found it
+    got = artifacts.load(out).tensors
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
-    folder = nlp_home / "artifacts" / "features"
-    assert len(list(folder.iterdir())) == 1  # no work folder, lock or temporary file left
+    assert [p.name for p in tmp_path.iterdir()] == ["f.st"]  # no work folder, lock or temp file
 
 
 def test_lock_waits_for_the_holder(tmp_path):
@@ -654,3 +803,76 @@ def test_damaged_clip_checkpoint_is_one_line(cli, tiny_clip, tmp_path, damage):
     r = cli("embed", tmp_path / "d", "--model", bad)
     assert r.code == 1 and r.stdout == "" and "is not a loadable CLIP checkpoint" in r.stderr
     assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+
+
+# --- nlp train: killed part-way, resumed with --resume ------------------------------------------
+
+TRAIN_ARGS = ["--epochs", "5", "--batch-size", "20", "--n-ctx", "4", "--loss", "dsoftmax"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_train_killed_part_way_resumes_to_the_same_prompt(cli, inputs, sig):
+    tmp, feats, labels, clip = inputs
+    r = cli("train", labels, *TRAIN_ARGS, "--out", tmp / "ref.st")
+    assert r.code == 0, r.stderr
+    ref = artifacts.load(tmp / "ref.st", "prompt")
+
+    out = tmp / "p.st"
+    ckpt = tmp / "p.st.ckpt"
+    cmd = [sys.executable, "-m", "nlp_cli", "train", str(labels), *TRAIN_ARGS, "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, env=_env(NLP_TEST_PAUSE="0.5"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=_default_sigint,
+    )  # fmt: skip
+    _wait_for(ckpt.exists, proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert stdout == "" and not out.exists() and ckpt.exists()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted"
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    done = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 1 <= done < 5
+
+    r = cli("train", labels, *TRAIN_ARGS, "--out", out, "--resume")
+    assert r.code == 0, r.stderr
+    log = " ".join(r.stderr.split())
+    assert f"at epoch {done}" in log and f"epoch {done}/5 " not in log  # resumed, not redone
+    got = artifacts.load(out, "prompt")
+    assert torch.equal(got.tensors["ctx"], ref.tensors["ctx"])  # bit for bit
+    assert got.meta["history"] == ref.meta["history"]
+    assert not ckpt.exists() and not list(tmp.glob("*.tmp"))
+
+
+def test_every_case_in_the_catalog_names_a_test_that_exists():
+    """docs/RELIABILITY.md: each row's test (module::function[id]) is real, ≥ 30 rows."""
+    import importlib
+    import re
+
+    text = (REPO / "docs" / "RELIABILITY.md").read_text()
+    rows = [line for line in text.splitlines() if re.match(r"^\| \d+[a-z]? \|", line)]
+    assert len(rows) >= 30
+    short = {"T": "test_reliability", "P": "test_properties"}
+    tables = {
+        "test_bad_input_is_one_line_and_damages_nothing": BAD_INPUTS,
+        "test_corrupt_and_purify_refuse_bad_input": STAGE_INPUTS,
+        "test_train_and_eval_refuse_bad_input": TRAIN_EVAL_INPUTS,
+        "test_bad_dataset_is_one_line": DATASET_FAULTS,
+    }
+    table_ids = {c[0] for t in (STAGE_INPUTS, TRAIN_EVAL_INPUTS) for c in t}
+    for row in rows:
+        refs = re.findall(r"`(T|P|tests/test_\w+\.py)::(\w+|…)(?:\[([^\]`]*)\])?`", row)
+        ids = re.findall(r"\| `([a-z0-9-]+)`(?:, `([a-z0-9-]+)`)? \|$", row)
+        assert refs or ids, row
+        for mod, func, case in refs:
+            name = short.get(mod) or Path(mod).stem
+            if func == "…":  # the bad-input table of this file
+                func = "test_bad_input_is_one_line_and_damages_nothing"
+            module = importlib.import_module(name)
+            assert hasattr(module, func), (row, func)
+            if case and func in tables and "…" not in case:
+                assert case in {c[0] for c in tables[func]}, (row, case)
+        for found in ids:
+            for case in filter(None, found):
+                assert case in table_ids, (row, case)

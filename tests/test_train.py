@@ -228,3 +228,25 @@ def test_cli_errors_are_one_line(cli, labelset, features):
 def test_clean_features_input_has_no_noisy_group(features):
     res = lib.train_prompt(features, lib.make_config(loss="ce", **FAST))
     assert all(h["loss_noisy"] is None and h["loss_clean"] is not None for h in res.history)
+
+
+def test_pipe_corrupt_purify_train_eval(cli, features):
+    pytest.importorskip("nlp_cli.purify")
+    labels = cli("corrupt", features, "--sym", "0.5", "--seed", "1")
+    assert labels.code == 0, labels.stderr
+    part = cli("purify", stdin=labels.stdout)
+    assert part.code == 0, part.stderr
+    prompt = cli("train", "--loss", "nlprompt", "--epochs", "2", "--n-ctx", "4", stdin=part.stdout)
+    assert prompt.code == 0, prompt.stderr
+    meta = artifacts.read_meta(prompt.stdout.strip())
+    assert meta["upstream"]["partition"]["path"] == str(Path(part.stdout.strip()).resolve())
+    clean = artifacts.load(part.stdout.strip()).tensors["clean"].float().mean().item()
+    assert all(h["clean_frac"] == pytest.approx(clean) for h in meta["history"])
+    ev = cli("eval", "--json", stdin=prompt.stdout)
+    assert ev.code == 0, ev.stderr
+    assert 0.0 <= json.loads(ev.stdout)["acc1"] <= 1.0
+    again = cli("train", labels.stdout.strip(), "--loss", "nlprompt", "--repurify", "epoch",
+                "--epochs", "2", "--n-ctx", "4")
+    assert again.code == 0, again.stderr
+    hist = artifacts.read_meta(again.stdout.strip())["history"]
+    assert all(0.0 < h["clean_frac"] <= 1.0 for h in hist)

@@ -61,6 +61,24 @@ def render_table(summary: dict[str, dict[str, dict[str, Any]]]) -> None:
     output.console.print(table)
 
 
+def render_timeline(summary: dict[str, dict[str, Any]]) -> None:
+    """Mean gradient mass of correctly vs wrongly labelled samples after each epoch, on stderr."""
+    from rich.table import Table
+
+    table = Table(title="mean gradient mass per epoch (correct / wrong)")
+    table.add_column("epoch", justify="right")
+    names = list(summary)
+    for name in names:
+        table.add_column(name, justify="right")
+    for i, first in enumerate(summary[names[0]]["epochs"]):
+        row = [str(first["epoch"])]
+        for name in names:
+            rec = summary[name]["epochs"][i]
+            row.append(f"{_fmt(rec['clean']['mean'])} / {_fmt(rec['noisy']['mean'])}")
+        table.add_row(*row)
+    output.console.print(table)
+
+
 def render_histograms(stats: analysis.GradStats, bins: int) -> None:
     """One terminal histogram per loss: each group's share of samples per bin, on stderr."""
     for name in stats.masses:
@@ -103,6 +121,14 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, "--model", help="CLIP model name or checkpoint (default: the features' model)."
         ),
+        epochs: int = typer.Option(
+            0,
+            "--epochs",
+            min=0,
+            help="Train each loss for N epochs (DSPT protocol settings) and follow its "
+            "gradient mass after every epoch; 0 = at the prompt as given.",
+        ),
+        seed: int = typer.Option(1, "--seed", help="Seed of the training run with --epochs."),
         bins: int = typer.Option(10, "--bins", min=1, max=100, help="Terminal histogram bins."),
         plot: Path | None = typer.Option(
             None, "--plot", help="Also save the histograms as a PNG (needs matplotlib)."
@@ -131,11 +157,15 @@ def register(app: typer.Typer) -> None:
                 f"loss {needing[0]} needs a clean/noisy partition: pipe the label set through "
                 "`nlp purify` first"
             )
+        if epochs and prompt is not None:
+            raise UsageError("--epochs trains from a fresh prompt: it cannot start from --prompt")
         upstream = {"labels": artifacts.file_digest(path)}
         if prompt is not None:
             artifacts.read_meta(prompt)
             upstream["prompt"] = artifacts.file_digest(prompt)
         options = {"losses": names, "knobs": knobs, "model": model}
+        if epochs:
+            options.update(epochs=epochs, seed=seed)
         key = artifacts.cache_key("analysis", upstream, options)
         target = out or artifacts.default_out("analysis", f"grad-{path.stem}", key, ".json")
         if not as_json:
@@ -153,10 +183,22 @@ def register(app: typer.Typer) -> None:
                 return
 
         data = analysis.prepare(path, prompt, model)
-        stats = analysis.gradient_stats(
-            names, data.logits, data.labels, data.true_labels, data.clean, knobs
-        )
-        summary = stats.summary()
+        timeline: dict[str, list[analysis.GradStats]] = {}
+        if epochs:
+            timeline = analysis.gradient_over_training(data, names, epochs, knobs, seed, model)
+            masses = {n: timeline[n][-1].masses[n] for n in names}
+            stats = analysis.GradStats(masses=masses, correct=data.labels == data.true_labels)
+        else:
+            stats = analysis.gradient_stats(
+                names, data.logits, data.labels, data.true_labels, data.clean, knobs
+            )
+        summary: dict[str, Any] = stats.summary()
+        for name, per_epoch in timeline.items():
+            summary[name]["epochs"] = [
+                {"epoch": e, **st.summary()[name]} for e, st in enumerate(per_epoch, start=1)
+            ]
+        if timeline:
+            render_timeline(summary)
         render_table(summary)
         render_histograms(stats, bins)
         if plot is not None:

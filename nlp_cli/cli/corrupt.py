@@ -127,6 +127,7 @@ def register(app: typer.Typer) -> None:
             stem += f"{desc_rate:g}"
         stem += f"-s{seed}" + (f"-{shots}shot" if shots else "")
         target = out or artifacts.default_out("labelset", stem, key)
+        artifacts.ensure_writable(target)
         if artifacts.cached(target, key, "labelset"):
             output.info(f"cache hit: {target}")
             output.emit(target, artifacts.read_meta(target).get("noise"), as_json)

@@ -45,6 +45,12 @@ def register(app: typer.Typer) -> None:
         ),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
         out: Path | None = typer.Option(None, "--out", help="Where to write the metrics JSON."),
+        plot: Path | None = typer.Option(
+            None,
+            "--plot",
+            help="Save the prompt's training curves (loss of correctly vs wrongly labelled "
+            "samples, test accuracy per epoch) as a PNG (needs matplotlib).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
     ) -> None:
         """acc1, mean per-class recall, macro F1, per-class accuracy (and DSPT's last-5 mean)."""
@@ -58,8 +64,23 @@ def register(app: typer.Typer) -> None:
             path, feats = None, zero_shot
         else:
             path, feats = output.input_path(prompt, "prompt file"), features
+        if out is not None and not as_json:
+            artifacts.ensure_writable(out)
+        if plot is not None:
+            from nlp_cli import analysis
+
+            if path is None:
+                raise UsageError("--plot draws a trained prompt's history: give a PROMPT")
+            analysis.require_matplotlib()
         result = evaluate(path, feats, split, model, device)
         render(result)
+        if plot is not None:
+            meta = artifacts.read_meta(path)
+            history = meta.get("history") or []
+            if not history:
+                raise UsageError(f"{path} has no training history to plot")
+            analysis.plot_history(history, plot, title=f"{path.name}: loss {meta.get('loss')}")
+            output.info(f"plot: {plot}")
         if as_json:
             output.emit_json(result)
             return

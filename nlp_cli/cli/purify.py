@@ -22,16 +22,14 @@ def text_prototypes(feats: artifacts.Artifact, loaded: Any, prompt: Path | None)
     import torch
 
     from nlp_cli import clip_model
-    from nlp_cli.analysis import load_prompt_learner
-    from nlp_cli.prompt import plain_text_features
+    from nlp_cli.prompt import prompt_text_features
 
     with torch.no_grad():
         if prompt is None:
             return clip_model.hand_prompt_features(loaded.model, feats.classnames)
         art = artifacts.load(prompt, "prompt")
         artifacts.check_compatible(art, feats, f"{art.path} and {feats.path}")
-        learner = load_prompt_learner(art, loaded, feats.classnames)
-        return plain_text_features(loaded.model, learner).float()
+        return prompt_text_features(loaded.model, art)
 
 
 def report_rows(
@@ -118,6 +116,8 @@ def register(app: typer.Typer) -> None:
                 )
             opts: dict[str, Any] = {"reg": reg, "solver": solver}
         else:
+            if reg != 0.01 or solver != "torch":
+                raise UsageError(f"--reg and --solver apply to --method ot, not {method}")
             opts = {}
         path = output.input_path(labels, "label set")
         ls = artifacts.load(path, ("labelset", "partition"))
@@ -134,6 +134,7 @@ def register(app: typer.Typer) -> None:
         options = {"method": spec.name, **opts}
         key = artifacts.cache_key("partition", upstream, options)
         target = out or artifacts.default_out("partition", f"{path.stem}-{method}", key)
+        artifacts.ensure_writable(target)
         if report is None and artifacts.cached(target, key, "partition"):
             output.info(f"cache hit: {target}")
             meta = artifacts.read_meta(target)

@@ -200,6 +200,7 @@ def register(app: typer.Typer) -> None:
             )
             stem = f"{td.features.meta.get('dataset', 'prompt')}-{cfg.loss}-{path.stem}"
             target = outs[i] if outs else artifacts.default_out("prompt", stem, key)
+            artifacts.ensure_writable(target)
             runs.append({"td": td, "cfg": cfg, "init": init_ctx, "upstream": upstream,
                          "options": options, "key": key, "target": target,
                          "hit": artifacts.cached(target, key, "prompt")})
