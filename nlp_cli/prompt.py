@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -119,30 +120,52 @@ def _layer_norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x.float(), w.shape, w, b, ln.eps).to(x.dtype)
 
 
-def _linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, layer.weight.detach(), layer.bias.detach())
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor, runs: int):
+    """x @ weightᵀ + bias, where x's rows are `runs` equal blocks, one per prompt.
+
+    Each block is padded with zero rows to a multiple of 4: a CPU GEMM may take another kernel
+    (and round differently) for a few rows, or for a block that straddles its row tiling, so
+    without the padding prompt r's rows could differ in the last bit between encoding it alone
+    and in a batch. With it, x86 MKL gives the same bits either way (tests/test_multirun.py).
+    """
+    shape = x.shape
+    rows = x.reshape(runs, -1, shape[-1])
+    m = rows.shape[1]
+    pad = -m % 4
+    if pad:
+        rows = F.pad(rows, (0, 0, 0, pad))
+    b = None if bias is None else bias.detach()
+    out = F.linear(rows.reshape(-1, shape[-1]), weight.detach(), b)
+    out = out.reshape(runs, m + pad, -1)
+    if pad:
+        out = out[:, :m]
+    return out.reshape(*shape[:-1], out.shape[-1])
 
 
-def _qkv(blk: Any, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+def _qkv(blk: Any, x: torch.Tensor, heads: int, runs: int) -> tuple[torch.Tensor, ...]:
     """Queries, keys and values of `x` [B, T, W] as [B, heads, T, W/heads]."""
     attn = blk.attn
-    qkv = F.linear(x, attn.in_proj_weight.detach(), attn.in_proj_bias.detach())
+    qkv = _linear(attn.in_proj_weight, attn.in_proj_bias, x, runs)
     b, t, w = x.shape
     return tuple(
         part.reshape(b, t, heads, w // heads).transpose(1, 2) for part in qkv.chunk(3, dim=-1)
     )
 
 
-def _attend(blk: Any, q, k, v, mask: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
+def _attend(
+    blk: Any, q, k, v, mask: torch.Tensor | None, runs: int, causal: bool = False
+) -> torch.Tensor:
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
     b, h, t, d = out.shape
     out = out.transpose(1, 2).reshape(b, t, h * d)
-    return F.linear(out, blk.attn.out_proj.weight.detach(), blk.attn.out_proj.bias.detach())
+    proj = blk.attn.out_proj
+    return _linear(proj.weight, proj.bias, out, runs)
 
 
-def _mlp(blk: Any, x: torch.Tensor) -> torch.Tensor:
-    h = _linear(blk.mlp.c_fc, _layer_norm(blk.ln_2, x))
-    return _linear(blk.mlp.c_proj, h * torch.sigmoid(1.702 * h))
+def _mlp(blk: Any, x: torch.Tensor, runs: int) -> torch.Tensor:
+    fc, proj = blk.mlp.c_fc, blk.mlp.c_proj
+    h = _linear(fc.weight, fc.bias, _layer_norm(blk.ln_2, x), runs)
+    return _linear(proj.weight, proj.bias, h * torch.sigmoid(1.702 * h), runs)
 
 
 def shared_prefix_len(learner: PromptLearner) -> int:
@@ -166,19 +189,53 @@ def text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
     runs once and the class suffixes attend to its keys and values; the last layer runs only at
     the EOT position; the frozen weights are detached, so only ctx gets gradients.
     """
+    return text_features_many(model, [learner])[0]
+
+
+def check_batchable(learners: Sequence[PromptLearner]) -> None:
+    """Refuse prompts that cannot share one encoder pass (other classes, length or layout)."""
+    first = learners[0]
+    for other in learners[1:]:
+        same = (
+            other.csc == first.csc
+            and other.position == first.position
+            and other.n_ctx == first.n_ctx
+            and other.tokenized.shape == first.tokenized.shape
+            and torch.equal(other.tokenized, first.tokenized)
+        )
+        if not same:
+            raise ValueError(
+                "prompts encoded together need the same class names, context length and layout"
+            )
+
+
+def text_features_many(model: Any, learners: Sequence[PromptLearner]) -> torch.Tensor:
+    """text_features of R prompts over the same classes in one encoder pass: [R, C, embed_dim].
+
+    The R×C class suffixes go through each layer as one packed batch; each prompt's shared
+    prefix runs once and only its own classes attend to it. Prompt r's rows depend on prompt
+    r's ctx alone, so a loss summed over the R prompts gives each ctx its own gradient.
+    """
+    if not learners:
+        raise ValueError("no prompts to encode")
+    check_batchable(learners)
+    first = learners[0]
+    n_runs, n_cls = len(learners), first.n_cls
     blocks = list(model.transformer.resblocks)
     heads = blocks[0].attn.num_heads
-    eot = learner.tokenized.argmax(dim=-1)
+    eot = first.tokenized.argmax(dim=-1)
     length = int(eot.max()) + 1
-    prompts = learner()[:, :length]
+    prompts = torch.cat([learner()[:, :length] for learner in learners])
     x = prompts + model.positional_embedding[:length].detach().to(prompts.dtype)
-    n_cls, _, width = x.shape
+    _, _, width = x.shape
     device = x.device
-    p = min(shared_prefix_len(learner), int(eot.min()))
-    hp = x[:1, :p] if p else None
+    p = min(shared_prefix_len(first), int(eot.min()))
+    # The prefix gets zero rows up to a multiple of 4; under causal attention they never reach
+    # a real position, and batched attention then rounds each prompt's prefix as it would alone.
+    hp = F.pad(x[::n_cls, :p], (0, 0, 0, -p % 4)) if p else None
     s = length - p
-    rows = (eot - p).to(device)
-    # Suffix position j of class c is computed iff it is at or before that class's EOT.
+    rows = (eot - p).to(device).repeat(n_runs)
+    # Suffix position j of row (run, class) is computed iff it is at or before that class's EOT.
     valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
     hv = x[:, p:][valid]
     eot_at = torch.cumsum(valid.sum(dim=1), dim=0) - 1
@@ -190,36 +247,43 @@ def text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
         return t.reshape(b, n, heads, width // heads).transpose(1, 2)
 
     def padded(t: torch.Tensor) -> torch.Tensor:
-        out = t.new_zeros(n_cls, s, t.shape[-1])
+        out = t.new_zeros(n_runs * n_cls, s, t.shape[-1])
         out[valid] = t
         return out
 
+    def per_class(t: torch.Tensor) -> torch.Tensor:
+        # [R, heads, p, d] → [R·C, heads, p, d]: every class of run r sees run r's prefix.
+        return t[:, None].expand(-1, n_cls, -1, -1, -1).flatten(0, 1)
+
+    runs = n_runs
     for i, blk in enumerate(blocks):
         attn = blk.attn
-        w_in, b_in = attn.in_proj_weight.detach(), attn.in_proj_bias.detach()
+        w_in, b_in = attn.in_proj_weight, attn.in_proj_bias
         last = i == len(blocks) - 1
         a = _layer_norm(blk.ln_1, hv)
         if last:
-            kv = F.linear(a, w_in[width:], b_in[width:])
-            q = F.linear(a[eot_at], w_in[:width], b_in[:width])[:, None]
+            kv = _linear(w_in[width:], b_in[width:], a, runs)
+            q = _linear(w_in[:width], b_in[:width], a[eot_at], runs)[:, None]
         else:
-            qkv = padded(F.linear(a, w_in, b_in))
+            qkv = padded(_linear(w_in, b_in, a, runs))
             q, kv = qkv[..., :width], qkv[..., width:]
         k, v = (heads_of(t) for t in (padded(kv) if last else kv).chunk(2, dim=-1))
         if hp is not None:
-            qp, kp, vp = _qkv(blk, _layer_norm(blk.ln_1, hp), heads)
-            k = torch.cat([kp.expand(n_cls, -1, -1, -1), k], dim=2)
-            v = torch.cat([vp.expand(n_cls, -1, -1, -1), v], dim=2)
+            qp, kp, vp = _qkv(blk, _layer_norm(blk.ln_1, hp), heads, runs)
+            k = torch.cat([per_class(kp[:, :, :p]), k], dim=2)
+            v = torch.cat([per_class(vp[:, :, :p]), v], dim=2)
         if last:
-            h = hv[eot_at][:, None] + _attend(blk, heads_of(q), k, v, mask[rows][:, None, None])
-            h = h + _mlp(blk, h)
-            return _layer_norm(model.ln_final, h[:, 0]) @ model.text_projection.detach()
-        att = _attend(blk, heads_of(q), k, v, mask)
-        hv = hv + att[valid]
-        hv = hv + _mlp(blk, hv)
+            att = _attend(blk, heads_of(q), k, v, mask[rows][:, None, None], runs)
+            h = hv[eot_at][:, None] + att
+            h = h + _mlp(blk, h, runs)
+            final = _layer_norm(model.ln_final, h[:, 0])
+            out = _linear(model.text_projection.T, None, final, runs)
+            return out.reshape(n_runs, n_cls, -1)
+        hv = hv + _attend(blk, heads_of(q), k, v, mask, runs)[valid]
+        hv = hv + _mlp(blk, hv, runs)
         if hp is not None:
-            hp = hp + _attend(blk, qp, kp, vp, None, True)
-            hp = hp + _mlp(blk, hp)
+            hp = hp + _attend(blk, qp, kp, vp, None, runs, True)
+            hp = hp + _mlp(blk, hp, runs)
     raise ValueError("the text transformer has no layers")
 
 

@@ -242,8 +242,19 @@ def features_path(grid: Grid, dataset: str, runner: Runner) -> Path:
     return out
 
 
-def run_cell(grid: Grid, cell: Cell, feats: Path, runner: Runner, device: str) -> dict[str, Any]:
-    """corrupt → [purify] → train → eval for one cell; each step skipped when its file exists."""
+def run_cell(
+    grid: Grid,
+    cell: Cell,
+    feats: Path,
+    runner: Runner,
+    device: str,
+    train: list[tuple[Cell, Path, Path]] | None = None,
+) -> dict[str, Any] | None:
+    """corrupt → [purify] → train → eval for one cell; each step skipped when its file exists.
+
+    With a `train` list, the cell stops after its inputs are made and queues its training job
+    there (cell, training input, prompt path) instead.
+    """
     folder = grid.folder()
     shots = ["--shots", str(grid.shots)] if grid.shots else []
     labels = folder / "labels" / cell.dataset / f"{cell.noise.slug}-seed{cell.seed}.safetensors"
@@ -268,6 +279,10 @@ def run_cell(grid: Grid, cell: Cell, feats: Path, runner: Runner, device: str) -
         train_input = part
     prompt = folder / "prompts" / f"{cell.slug}.safetensors"
     options = {**grid.train, **dict(cell.method.train)}
+    if train is not None:
+        if not prompt.exists():
+            train.append((cell, train_input, prompt))
+        return None
     if not prompt.exists():
         runner(
             [
@@ -290,6 +305,38 @@ def run_cell(grid: Grid, cell: Cell, feats: Path, runner: Runner, device: str) -
     return record(cell, json.loads(metrics.read_text()), grid.metric)
 
 
+def train_together(
+    grid: Grid, jobs: list[tuple[Cell, Path, Path]], runner: Runner, device: str
+) -> None:
+    """One `nlp train --zip` per group of jobs on one dataset with the same training options:
+    their prompts go through the text encoder together, each equal to its cell trained alone."""
+    groups: dict[tuple, list[tuple[Cell, Path, Path]]] = {}
+    for cell, train_input, prompt in jobs:
+        options = {**grid.train, **dict(cell.method.train)}
+        key = (cell.dataset, json.dumps(options, sort_keys=True, default=str))
+        groups.setdefault(key, []).append((cell, train_input, prompt))
+    for group in groups.values():
+        options = {**grid.train, **dict(group[0][0].method.train)}
+        outs: list[str] = []
+        for _, _, prompt in group:
+            outs += ["--out", str(prompt)]
+        runner(
+            [
+                "train",
+                *[str(train_input) for _, train_input, _ in group],
+                "--zip",
+                "--loss",
+                ",".join(cell.method.loss for cell, _, _ in group),
+                "--seed",
+                ",".join(str(cell.seed) for cell, _, _ in group),
+                *_flags(options),
+                "--device",
+                device,
+                *outs,
+            ]
+        )
+
+
 def record(cell: Cell, metrics: dict[str, Any], metric: str) -> dict[str, Any]:
     """One table record from a cell's metrics: last-five-epoch mean (DSPT) or final accuracy."""
     acc = metrics.get("last5_mean_acc") if metric == "last5" else None
@@ -309,18 +356,27 @@ def run_sweep(
     runner: Runner = run_stage,
     device: str = "cpu",
     progress: Callable[[Cell, str], None] | None = None,
+    batch: bool = False,
 ) -> SweepResult:
-    """Run this rank's share of the grid's unfinished cells and collect every finished cell."""
+    """Run this rank's share of the grid's unfinished cells and collect every finished cell.
+
+    With `batch`, this rank's cells that share a dataset and training options train together
+    (different losses, seeds, label sets): one process, one text-encoder pass per step.
+    """
     rank, world = rank_and_world()
     folder = grid.folder()
     folder.mkdir(parents=True, exist_ok=True)
     feats = {name: features_path(grid, src, runner) for name, src in grid.sources().items()}
     zero_shot: dict[str, float] = {}
     ran = skipped = 0
-    for i, cell in enumerate(grid.cells()):
+    mine = [c for i, c in enumerate(grid.cells()) if i % world == rank]
+    if batch:
+        jobs: list[tuple[Cell, Path, Path]] = []
+        for cell in mine:
+            run_cell(grid, cell, feats[cell.dataset], runner, device, train=jobs)
+        train_together(grid, jobs, runner, device)
+    for cell in mine:
         done = (folder / "metrics" / f"{cell.slug}.json").exists()
-        if i % world != rank:
-            continue
         if progress:
             progress(cell, "cached" if done else "running")
         ran += not done

@@ -20,7 +20,7 @@ import torch
 
 from nlp_cli import artifacts, clip_model, losses
 from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
-from nlp_cli.prompt import POSITIONS, PromptLearner, learner_from_artifact, text_features
+from nlp_cli.prompt import POSITIONS, PromptLearner, learner_from_artifact, text_features_many
 
 TARGETS = ("labels", "zero-shot")
 REPURIFY = ("none", "epoch")
@@ -210,152 +210,291 @@ def train_prompt(
     `run_key` is continued from. `init_ctx` replaces the random or word initialisation.
     `inspect(epoch, learner)` sees the prompt after each epoch (analysis follows training with it).
     """
-    config.validate()
-    if not isinstance(data, TrainData):
-        data = load_data(data)
-    spec = losses.get(config.loss)
-    if spec.needs_partition and data.clean is None and config.repurify != "epoch":
-        raise UsageError(
-            f"loss {config.loss!r} needs a clean/noisy partition: pipe the label set through "
-            "`nlp purify` first, or pass --repurify epoch"
+    callback = None if on_epoch is None else (lambda _run, record: on_epoch(record))
+    look = None if inspect is None else (lambda _run, epoch, learner: inspect(epoch, learner))
+    (result,) = train_many(
+        [data], [config], loaded=loaded, init_ctxs=[init_ctx], checkpoints=[checkpoint],
+        resume=resume, run_keys=[run_key], on_epoch=callback, inspect=look,
+    )
+    return result
+
+
+BATCHED_ALIKE = ("device", "n_ctx", "ctx_init", "csc", "class_token_position")
+
+
+class _Run:
+    """One run's data, prompt, optimiser and epoch state inside train_many."""
+
+    def __init__(self, data: TrainData, config: TrainConfig, model: Any, scale: float,
+                 device: torch.device, hand: Callable[[], torch.Tensor]) -> None:
+        self.config = config
+        self.spec = losses.get(config.loss)
+        if self.spec.needs_partition and data.clean is None and config.repurify != "epoch":
+            raise UsageError(
+                f"loss {config.loss!r} needs a clean/noisy partition: pipe the label set through "
+                "`nlp purify` first, or pass --repurify epoch"
+            )
+        self.knobs = config.knobs()
+        feats = data.features.tensors
+        self.train = _normalise(feats["train.features"][data.index]).to(device)
+        views = feats.get("train.views")
+        self.views = views[:, data.index] if views is not None else None
+        self.given = data.labels.to(device)
+        true = data.true_labels.to(device)
+        self.targets = self.given
+        if config.targets == "zero-shot":
+            self.targets = (self.train @ hand().T).argmax(dim=1)
+        self.correct = self.targets == true
+        self.clean = data.clean.to(device) if data.clean is not None else None
+        self.learner = PromptLearner(
+            model, data.classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
+            csc=config.csc, position=config.class_token_position,
+            generator=torch.Generator().manual_seed(config.seed),
+        ).to(device)
+        self.optim = torch.optim.SGD(
+            [self.learner.ctx], lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay,
         )
-    knobs = config.knobs()
-    device = torch.device(config.device)
+        self.scale = scale
+        self.device = device
+        self.n = len(self.targets)
+        self.steps = -(-self.n // config.batch_size)
+        self.history: list[dict[str, Any]] = []
+        self.start = 0
+
+    def init_from(self, ctx: torch.Tensor) -> None:
+        if tuple(ctx.shape) != tuple(self.learner.ctx.shape):
+            raise ArtifactError(
+                f"the initial ctx has shape {tuple(ctx.shape)}, this prompt needs "
+                f"{tuple(self.learner.ctx.shape)}"
+            )
+        with torch.no_grad():
+            self.learner.ctx.copy_(ctx.to(self.learner.ctx))
+
+    def resume_from(self, checkpoint: Path, run_key: str | None) -> None:
+        state = load_checkpoint(checkpoint)
+        if state.get("key") == run_key:
+            with torch.no_grad():
+                self.learner.ctx.copy_(state["ctx"].to(self.learner.ctx))
+            self.optim.load_state_dict(state["optim"])
+            self.history = list(state["history"])
+            self.start = int(state["epoch"])
+
+    def active(self, epoch: int) -> bool:
+        return self.start <= epoch < self.config.epochs
+
+    def begin_epoch(self, epoch: int, clean_now: torch.Tensor | None) -> None:
+        self.lr = self.config.lr_at(epoch)
+        for group in self.optim.param_groups:
+            group["lr"] = self.lr
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        self.order = torch.randperm(self.n, generator=g).to(self.device)
+        self.x_epoch = self.train
+        if self.views is not None:
+            pick = torch.randint(self.views.shape[0], (self.n,), generator=g)
+            self.x_epoch = _normalise(self.views[pick, torch.arange(self.n)]).to(self.device)
+        self.epoch_clean = clean_now if clean_now is not None else self.clean
+        self.per_clean: list[torch.Tensor] = []
+        self.per_noisy: list[torch.Tensor] = []
+        self.batch_losses: list[torch.Tensor] = []
+
+    def batch_loss(self, step: int, text: torch.Tensor) -> torch.Tensor:
+        bs = self.config.batch_size
+        idx = self.order[step * bs : (step + 1) * bs]
+        logits = self.scale * self.x_epoch[idx] @ _normalise(text).T
+        y = self.targets[idx]
+        part = self.epoch_clean[idx] if self.epoch_clean is not None else None
+        per = losses.per_sample_loss(self.config.loss, logits, y, part, **self.knobs)
+        if self.spec.keep is None:
+            loss = per.mean()
+        else:
+            loss = per.sum() / self.spec.keep(logits.detach(), y).sum().clamp(min=1)
+        per = per.detach()
+        self.per_clean.append(per[self.correct[idx]].cpu())
+        self.per_noisy.append(per[~self.correct[idx]].cpu())
+        self.batch_losses.append(loss.detach())
+        return loss
+
+    def end_epoch(self, epoch: int, test_acc: float) -> dict[str, Any]:
+        losses_ = [float(v) for v in self.batch_losses]
+        record = {
+            "epoch": epoch + 1,
+            "lr": self.lr,
+            "loss": sum(losses_) / len(losses_),
+            "loss_clean": _mean(self.per_clean),
+            "loss_noisy": _mean(self.per_noisy),
+            "test_acc": test_acc,
+            "clean_frac": (
+                float(self.epoch_clean.float().mean()) if self.epoch_clean is not None else None
+            ),
+        }
+        self.history.append(record)
+        return record
+
+    def result(self, config: TrainConfig) -> TrainResult:
+        prompt_meta = {
+            "n_ctx": self.learner.n_ctx,
+            "csc": config.csc,
+            "position": config.class_token_position,
+            "ctx_init": config.ctx_init,
+        }
+        info = {"logit_scale": self.scale, "knobs": self.knobs, "n_train": self.n,
+                "resumed_at": self.start}
+        return TrainResult(
+            self.learner.ctx.detach().cpu().clone(), self.history, prompt_meta, config, info
+        )
+
+
+def check_batchable(datas: list[TrainData], configs: list[TrainConfig]) -> None:
+    """Refuse, in one line, runs that cannot share one text-encoder pass per step."""
+    if len(datas) != len(configs) or not configs:
+        raise UsageError("train_many needs one configuration per data set (and at least one)")
+    first = datas[0].features
+    for d in datas[1:]:
+        if d.features.digest != first.digest:
+            raise UsageError(
+                f"runs trained together need the same features: {d.features.path} is not "
+                f"{first.path}"
+            )
+    for c in configs[1:]:
+        for name in BATCHED_ALIKE:
+            if getattr(c, name) != getattr(configs[0], name):
+                raise UsageError(
+                    f"runs trained together need the same {name}: "
+                    f"{getattr(configs[0], name)!r} vs {getattr(c, name)!r}"
+                )
+
+
+def train_many(
+    datas: list[TrainData | Path | str],
+    configs: list[TrainConfig],
+    loaded: clip_model.LoadedClip | None = None,
+    init_ctxs: list[torch.Tensor | None] | None = None,
+    checkpoints: list[Path | None] | None = None,
+    resume: bool = False,
+    run_keys: list[str | None] | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    inspect: Callable[[int, int, PromptLearner], None] | None = None,
+) -> list[TrainResult]:
+    """Train R prompts over the same features at once; result r equals train_prompt's for run r.
+
+    Runs may differ in loss, seed, label set or partition, learning-rate schedule, epochs and
+    batch size; they must share the features, the device and the prompt layout. Every step
+    encodes the prompts of all runs that still have a batch in one text-encoder pass
+    (prompt.text_features_many) and backpropagates the sum of their losses: run r's ctx gets
+    run r's gradient alone. `on_epoch(r, record)` and `inspect(r, epoch, learner)` are called
+    as run r finishes an epoch.
+    """
+    configs = list(configs)
+    for c in configs:
+        c.validate()
+    datas = [d if isinstance(d, TrainData) else load_data(d) for d in datas]
+    check_batchable(datas, configs)
+    n_runs = len(configs)
+    init_ctxs = list(init_ctxs or [None] * n_runs)
+    checkpoints = list(checkpoints or [None] * n_runs)
+    run_keys = list(run_keys or [None] * n_runs)
+    device = torch.device(configs[0].device)
     if loaded is None:
-        loaded = clip_model.load_for(data.features.meta, device=device)
+        loaded = clip_model.load_for(datas[0].features.meta, device=device)
     model = loaded.model
     for p in model.parameters():
         p.requires_grad_(False)
     scale = loaded.logit_scale
-    feats = data.features.tensors
-    classnames = data.classnames
+    classnames = datas[0].classnames
+    test_x = _normalise(datas[0].features.tensors["test.features"]).to(device)
+    test_y = datas[0].features.tensors["test.labels"].long().to(device)
+    hand_cache: list[torch.Tensor] = []
 
-    train = _normalise(feats["train.features"][data.index]).to(device)
-    views = feats.get("train.views")
-    if views is not None:
-        views = views[:, data.index]
-    test_x = _normalise(feats["test.features"]).to(device)
-    test_y = feats["test.labels"].long().to(device)
-    given = data.labels.to(device)
-    true = data.true_labels.to(device)
-    targets = given
-    if config.targets == "zero-shot":
-        with torch.no_grad():
-            hand = clip_model.hand_prompt_features(model, classnames).float().to(device)
-            targets = (train @ hand.T).argmax(dim=1)
-    correct = targets == true
-    clean = data.clean.to(device) if data.clean is not None else None
-
-    gen = torch.Generator().manual_seed(config.seed)
-    learner = PromptLearner(
-        model, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init, csc=config.csc,
-        position=config.class_token_position, generator=gen,
-    ).to(device)
-    if init_ctx is not None:
-        if tuple(init_ctx.shape) != tuple(learner.ctx.shape):
-            raise ArtifactError(
-                f"the initial ctx has shape {tuple(init_ctx.shape)}, this prompt needs "
-                f"{tuple(learner.ctx.shape)}"
-            )
-        with torch.no_grad():
-            learner.ctx.copy_(init_ctx.to(learner.ctx))
-    optim = torch.optim.SGD(
-        [learner.ctx], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    history: list[dict[str, Any]] = []
-    start = 0
-    if resume and checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        if state.get("key") == run_key:
+    def hand() -> torch.Tensor:
+        if not hand_cache:
             with torch.no_grad():
-                learner.ctx.copy_(state["ctx"].to(learner.ctx))
-            optim.load_state_dict(state["optim"])
-            history = list(state["history"])
-            start = int(state["epoch"])
+                feats = clip_model.hand_prompt_features(model, classnames)
+                hand_cache.append(feats.float().to(device))
+        return hand_cache[0]
 
-    n = len(targets)
-    for epoch in range(start, config.epochs):
-        lr = config.lr_at(epoch)
-        for group in optim.param_groups:
-            group["lr"] = lr
-        g = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=g).to(device)
-        x_epoch = train
-        if views is not None:
-            pick = torch.randint(views.shape[0], (n,), generator=g)
-            x_epoch = _normalise(views[pick, torch.arange(n)]).to(device)
-        epoch_clean = clean
-        if config.repurify == "epoch":
-            epoch_clean = _repurify(model, learner, train, given, scale)
-        per_clean: list[torch.Tensor] = []
-        per_noisy: list[torch.Tensor] = []
-        batch_losses: list[float] = []
-        for i in range(0, n, config.batch_size):
-            idx = order[i : i + config.batch_size]
-            text = _normalise(text_features(model, learner))
-            logits = scale * x_epoch[idx] @ text.T
-            y = targets[idx]
-            part = epoch_clean[idx] if epoch_clean is not None else None
-            per = losses.per_sample_loss(config.loss, logits, y, part, **knobs)
-            if spec.keep is None:
-                loss = per.mean()
-            else:
-                loss = per.sum() / spec.keep(logits.detach(), y).sum().clamp(min=1)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            per = per.detach()
-            per_clean.append(per[correct[idx]].cpu())
-            per_noisy.append(per[~correct[idx]].cpu())
-            batch_losses.append(float(loss.detach()))
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "loss": sum(batch_losses) / len(batch_losses),
-            "loss_clean": _mean(per_clean),
-            "loss_noisy": _mean(per_noisy),
-            "test_acc": accuracy(model, learner, test_x, test_y),
-            "clean_frac": float(epoch_clean.float().mean()) if epoch_clean is not None else None,
-        }
-        history.append(record)
-        if checkpoint is not None:
-            save_checkpoint(
-                checkpoint,
-                {"key": run_key, "epoch": epoch + 1, "ctx": learner.ctx.detach().cpu(),
-                 "optim": optim.state_dict(), "history": history},
-            )
-            artifacts.step_done()
-        if on_epoch is not None:
-            on_epoch(record)
-        if inspect is not None:
-            inspect(epoch + 1, learner)
+    runs = []
+    per_run = zip(datas, configs, init_ctxs, checkpoints, run_keys, strict=True)
+    for data, config, ctx, ckpt, key in per_run:
+        run = _Run(data, config, model, scale, device, hand)
+        if ctx is not None:
+            run.init_from(ctx)
+        if resume and ckpt is not None and ckpt.exists():
+            run.resume_from(ckpt, key)
+        runs.append(run)
 
-    prompt_meta = {
-        "n_ctx": learner.n_ctx,
-        "csc": config.csc,
-        "position": config.class_token_position,
-        "ctx_init": config.ctx_init,
-    }
-    info = {"logit_scale": scale, "knobs": knobs, "n_train": n, "resumed_at": start}
-    return TrainResult(learner.ctx.detach().cpu().clone(), history, prompt_meta, config, info)
+    first_epoch = min(r.start for r in runs)
+    for epoch in range(first_epoch, max(c.epochs for c in configs)):
+        active = [r for r in runs if r.active(epoch)]
+        if not active:
+            continue
+        repurify = [r for r in active if r.config.repurify == "epoch"]
+        cleans = _repurify_many(model, repurify, scale) if repurify else {}
+        for r in active:
+            r.begin_epoch(epoch, cleans.get(id(r)))
+        for step in range(max(r.steps for r in active)):
+            stepping = [r for r in active if step < r.steps]
+            texts = text_features_many(model, [r.learner for r in stepping])
+            total = None
+            for r, text in zip(stepping, texts, strict=True):
+                loss = r.batch_loss(step, text)
+                total = loss if total is None else total + loss
+            for r in stepping:
+                r.optim.zero_grad(set_to_none=True)
+            total.backward()
+            for r in stepping:
+                r.optim.step()
+        accs = accuracies(model, [r.learner for r in active], test_x, test_y)
+        for r, acc in zip(active, accs, strict=True):
+            record = r.end_epoch(epoch, acc)
+            i = runs.index(r)
+            if checkpoints[i] is not None:
+                save_checkpoint(
+                    checkpoints[i],
+                    {"key": run_keys[i], "epoch": epoch + 1,
+                     "ctx": r.learner.ctx.detach().cpu(), "optim": r.optim.state_dict(),
+                     "history": r.history},
+                )
+                artifacts.step_done()
+            if on_epoch is not None:
+                on_epoch(i, record)
+            if inspect is not None:
+                inspect(i, epoch + 1, r.learner)
+    return [r.result(c) for r, c in zip(runs, configs, strict=True)]
 
 
 @torch.no_grad()
 def accuracy(model: Any, learner: PromptLearner, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy of the current prompt on normalised features `x`."""
-    text = _normalise(text_features(model, learner))
-    return float(((x @ text.T).argmax(dim=1) == y).float().mean()) if len(y) else 0.0
+    return accuracies(model, [learner], x, y)[0]
 
 
 @torch.no_grad()
-def _repurify(model, learner, image, labels, scale) -> torch.Tensor:
+def accuracies(
+    model: Any, learners: list[PromptLearner], x: torch.Tensor, y: torch.Tensor
+) -> list[float]:
+    """Top-1 accuracy of each prompt on normalised features `x` (one encoder pass)."""
+    texts = text_features_many(model, learners)
+    if not len(y):
+        return [0.0] * len(learners)
+    return [
+        float(((x @ _normalise(t).T).argmax(dim=1) == y).float().mean()) for t in texts
+    ]
+
+
+@torch.no_grad()
+def _repurify_many(model: Any, runs: list[_Run], scale: float) -> dict[int, torch.Tensor]:
+    """PromptOT's clean mask for each run, with its current prompt (one encoder pass)."""
     try:
         from nlp_cli.purify import promptot
     except ImportError as e:
         raise NlpError("--repurify epoch needs PromptOT (nlp_cli.purify), not installed") from e
-    text = _normalise(text_features(model, learner))
-    result = promptot(image, text, labels, scale, reg=0.01)
-    return torch.as_tensor(result.clean, dtype=torch.bool, device=labels.device)
+    texts = text_features_many(model, [r.learner for r in runs])
+    out = {}
+    for r, t in zip(runs, texts, strict=True):
+        result = promptot(r.train, _normalise(t), r.given, scale, reg=0.01)
+        out[id(r)] = torch.as_tensor(result.clean, dtype=torch.bool, device=r.given.device)
+    return out
 
 
 def import_coop(path: Path | str) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -159,3 +159,37 @@ def test_sweep_runs_the_real_stages(tmp_path, features, cli):
     assert "| Zero-shot CLIP |" in Path(summary["markdown"]).read_text()
     again = json.loads(cli("sweep", grid, "--out", tmp_path / "sw", "--json").stdout)
     assert (again["ran"], again["skipped"]) == (0, 2)
+
+
+def test_batched_sweep_equals_cell_by_cell(tmp_path, features):
+    import torch
+
+    from nlp_cli import artifacts
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-identity needs one thread (tests/test_multirun.py)
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        f"datasets: [{features}]\nmodel: unused\nnoise: [{{sym: 0.4}}, {{pair: 0.2}}]\n"
+        "methods: [ce, {name: DSPT, loss: dsoftmax}]\nseeds: [1, 2]\n"
+        "train: {epochs: 2, batch_size: 16, n_ctx: 4}\n"
+    )
+    calls: list[list[str]] = []
+
+    def counting(argv):
+        calls.append(argv)
+        sweep.run_stage(argv)
+
+    g = sweep.load_grid(grid)
+    g.out = tmp_path / "batched"
+    batched = sweep.run_sweep(g, runner=counting, batch=True)
+    assert sum(c[0] == "train" for c in calls) == 1
+    g.out = tmp_path / "single"
+    single = sweep.run_sweep(g, runner=sweep.run_stage, batch=False)
+    assert batched.records == single.records and len(single.records) == 8
+    for cell in g.cells():
+        a = artifacts.load(tmp_path / "batched" / "prompts" / f"{cell.slug}.safetensors")
+        b = artifacts.load(tmp_path / "single" / "prompts" / f"{cell.slug}.safetensors")
+        assert torch.equal(a.tensors["ctx"], b.tensors["ctx"])
+        assert a.meta["history"] == b.meta["history"]
+    torch.set_num_threads(threads)

@@ -23,6 +23,10 @@ def register(app: typer.Typer) -> None:
         ),
         dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and stop."),
         plot: bool = typer.Option(True, "--plot/--no-plot", help="Accuracy-vs-noise PNG."),
+        batch: bool = typer.Option(
+            True, "--batch/--no-batch",
+            help="Train cells with the same dataset and options together (default) or one by one.",
+        ),
         as_json: bool = typer.Option(False, "--json", help="JSON summary on stdout."),
     ) -> None:
         """Datasets × noise × methods × seeds: cached cells are skipped; prints the table's path."""
@@ -49,7 +53,7 @@ def register(app: typer.Typer) -> None:
             output.info(f"── {state}: {cell.slug}")
 
         output.info(f"sweep {grid.name}: {len(cells)} cells → {grid.folder()}")
-        result = sw.run_sweep(grid, device=device, progress=progress)
+        result = sw.run_sweep(grid, device=device, progress=progress, batch=batch)
         if rank != 0:
             return
         paths = sw.write_tables(result, grid, plot=plot)

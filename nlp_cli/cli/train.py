@@ -71,13 +71,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command("train")
     def train(
-        data: Path | None = typer.Argument(
-            None, help="Label set, partition or features file (default: a path piped on stdin)."
+        data: list[Path] | None = typer.Argument(
+            None,
+            help="Label set(s), partition(s) or features file (default: a path piped on stdin); "
+            "several inputs over one features file train together.",
         ),
         loss: str | None = typer.Option(
             None,
             "--loss",
-            help=f"Loss (default ce): {', '.join(list_losses())}.",
+            help=f"Loss (default ce) or a comma list of losses: {', '.join(list_losses())}.",
             autocompletion=_complete_loss,
         ),
         protocol: str | None = typer.Option(
@@ -93,7 +95,9 @@ def register(app: typer.Typer) -> None:
             None, "--warmup-epochs", help="Epochs at the warm-up lr before the cosine (0)."
         ),
         warmup_lr: float | None = typer.Option(None, "--warmup-lr", help="Warm-up lr (1e-5)."),
-        seed: int | None = typer.Option(None, "--seed", help="Seed of init, order and views (1)."),
+        seed: str | None = typer.Option(
+            None, "--seed", help="Seed of init, order and views (1), or a comma list: 1,2,3."
+        ),
         device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
         n_ctx: int | None = typer.Option(None, "--n-ctx", help="Context vectors (16)."),
         ctx_init: str | None = typer.Option(
@@ -134,17 +138,26 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, "--model", help="CLIP model name or checkpoint (default: the features' model)."
         ),
-        out: Path | None = typer.Option(None, "--out", help="Output file (default: NLP_HOME)."),
+        out: list[Path] | None = typer.Option(
+            None, "--out", help="Output file (default: NLP_HOME); repeat it once per run."
+        ),
+        zip_runs: bool = typer.Option(
+            False, "--zip", help="Pair inputs, losses, seeds item by item."
+        ),
         as_json: bool = typer.Option(False, "--json", help="JSON summary on stdout."),
     ) -> None:
-        """Train a prompt; each epoch's test accuracy and clean/noisy losses go in its history."""
+        """Train a prompt; each epoch's test accuracy and clean/noisy losses go in its history.
+
+        Several inputs, losses (--loss ce,dsoftmax) or seeds (--seed 1,2,3) make one run per
+        combination, trained together (one text-encoder pass per step); one path per line.
+        """
         from nlp_cli import artifacts, clip_model
         from nlp_cli import train as lib
 
         given = {
-            "loss": loss, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+            "epochs": epochs, "lr": lr, "batch_size": batch_size,
             "momentum": momentum, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
-            "warmup_lr": warmup_lr, "seed": seed, "device": device, "n_ctx": n_ctx,
+            "warmup_lr": warmup_lr, "device": device, "n_ctx": n_ctx,
             "ctx_init": ctx_init, "csc": csc, "class_token_position": class_token_position,
             "targets": targets, "repurify": repurify, "q": q, "eps": eps, "tau": tau,
             "beta": beta, "scale": scale,
@@ -153,71 +166,145 @@ def register(app: typer.Typer) -> None:
         proto = protocol or file_opts.pop("protocol", None)
         file_opts.pop("protocol", None)
         merged = {**file_opts, **{k: v for k, v in given.items() if v is not None}}
-        cfg = lib.make_config(proto, **merged)
+        loss_list = _split(loss, "--loss", str) if loss else [merged.pop("loss", None)]
+        seed_list = _split(seed, "--seed", int) if seed else [merged.pop("seed", None)]
+        merged.pop("loss", None)
+        merged.pop("seed", None)
+        inputs = list(data) if data else [output.input_path(None, "label set")]
+        if zip_runs:
+            combos = _zipped(inputs, loss_list, seed_list)
+        else:
+            combos = [(p, lo, se) for p in inputs for lo in loss_list for se in seed_list]
+        outs = list(out or [])
+        if outs and len(outs) != len(combos):
+            raise UsageError(f"{len(combos)} runs but {len(outs)} --out paths: give one per run")
+        if len(combos) > 1 and export_coop is not None:
+            raise UsageError("--export-coop names one file: give one input, loss and seed")
 
-        path = output.input_path(data, "label set")
-        td = lib.load_data(path)
-        init_ctx, init_ref = None, None
-        if init_from is not None:
-            init_ctx, init_ref = _init_ctx(init_from, td.features.meta)
+        loaded_data: dict[Path, Any] = {}
+        runs = []
+        for i, (path, run_loss, run_seed) in enumerate(combos):
+            cfg = lib.make_config(proto, **merged, loss=run_loss, seed=run_seed)
+            if path not in loaded_data:
+                loaded_data[path] = lib.load_data(path)
+            td = loaded_data[path]
+            init_ctx, init_ref = None, None
+            if init_from is not None:
+                init_ctx, init_ref = _init_ctx(init_from, td.features.meta)
+            upstream = {td.source.kind: td.source.ref(), "features": td.features.ref()}
+            if init_ref is not None:
+                upstream["init"] = init_ref
+            options = {**dataclasses.asdict(cfg), "protocol": proto}
+            key = artifacts.cache_key(
+                "prompt", {r: u["digest"] for r, u in upstream.items()}, options
+            )
+            stem = f"{td.features.meta.get('dataset', 'prompt')}-{cfg.loss}-{path.stem}"
+            target = outs[i] if outs else artifacts.default_out("prompt", stem, key)
+            artifacts.ensure_writable(target)
+            runs.append({"td": td, "cfg": cfg, "init": init_ctx, "upstream": upstream,
+                         "options": options, "key": key, "target": target,
+                         "hit": artifacts.cached(target, key, "prompt")})
 
-        upstream = {td.source.kind: td.source.ref(), "features": td.features.ref()}
-        if init_ref is not None:
-            upstream["init"] = init_ref
-        options = {**dataclasses.asdict(cfg), "protocol": proto}
-        key = artifacts.cache_key(
-            "prompt", {r: u["digest"] for r, u in upstream.items()}, options
-        )
-        stem = f"{td.features.meta.get('dataset', 'prompt')}-{cfg.loss}-{path.stem}"
-        target = out or artifacts.default_out("prompt", stem, key)
-        artifacts.ensure_writable(target)
-        cache_hit = artifacts.cached(target, key, "prompt")
-        if cache_hit and export_coop is None:
-            output.info(f"cache hit: {target}")
-            output.emit(target, _summary(artifacts.read_meta(target)), as_json)
-            return
-        loaded = clip_model.load_for(td.features.meta, model, device=cfg.device)
-        if cache_hit:
-            output.info(f"cache hit: {target}")
-            lib.export_coop(export_coop, loaded.model, artifacts.load(target, "prompt"))
-            output.emit(target, _summary(artifacts.read_meta(target)), as_json)
-            return
+        pending = [r for r in runs if not r["hit"]]
+        for r in runs:
+            if r["hit"]:
+                output.info(f"cache hit: {r['target']}")
+        if export_coop is not None or pending:
+            first = runs[0]
+            meta, dev = first["td"].features.meta, first["cfg"].device
+            loaded = clip_model.load_for(meta, model, device=dev)
+            if export_coop is not None and first["hit"]:
+                prompt = artifacts.load(first["target"], "prompt")
+                lib.export_coop(export_coop, loaded.model, prompt)
+        for group in _groups(pending):
+            _train_group(group, loaded, resume, export_coop)
+        summaries = [_summary(artifacts.read_meta(r["target"])) for r in runs]
+        if len(runs) == 1:
+            output.emit(runs[0]["target"], summaries[0], as_json)
+        elif as_json:
+            output.emit_json({"runs": [{"path": str(r["target"]), **m}
+                                       for r, m in zip(runs, summaries, strict=True)]})
+        else:
+            for r in runs:
+                output.emit(r["target"])
 
-        ckpt = target.with_name(target.name + ".ckpt")
-        n_epochs = cfg.epochs
 
-        def progress(rec: dict[str, Any]) -> None:
-            acc = rec["test_acc"]
-            parts = [f"epoch {rec['epoch']}/{n_epochs}", f"lr {rec['lr']:.3g}",
-                     f"loss {rec['loss']:.4f}", f"test acc {100 * acc:.2f}%"]
-            if rec["loss_noisy"] is not None and rec["loss_clean"] is not None:
-                parts.append(f"loss correct/wrong {rec['loss_clean']:.3f}/{rec['loss_noisy']:.3f}")
-            output.console.print("  ".join(parts), soft_wrap=True, markup=False)
+def _split(text: str, flag: str, kind: type) -> list[Any]:
+    """'a,b,c' → [a, b, c] of `kind`; one UsageError line for a bad item."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [kind(t) for t in items] or [None]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: write one value or a comma list") from None
 
-        result = lib.train_prompt(
-            td, cfg, loaded=loaded, init_ctx=init_ctx, checkpoint=ckpt, resume=resume,
-            run_key=key, on_epoch=progress,
-        )
+
+def _zipped(inputs: list[Path], losses: list[Any], seeds: list[Any]) -> list[tuple]:
+    """Item-by-item runs; a list of one value applies to every run."""
+    n = max(len(inputs), len(losses), len(seeds))
+    if any(len(x) not in (1, n) for x in (inputs, losses, seeds)):
+        raise UsageError("--zip needs inputs, --loss and --seed lists of one length (or one item)")
+    return [
+        (inputs[i % len(inputs)], losses[i % len(losses)], seeds[i % len(seeds)])
+        for i in range(n)
+    ]
+
+
+def _groups(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Runs that can share an encoder pass: same features, device and prompt layout."""
+    from nlp_cli.train import BATCHED_ALIKE
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        alike = tuple(getattr(r["cfg"], name) for name in BATCHED_ALIKE)
+        groups.setdefault((r["td"].features.digest, alike), []).append(r)
+    return list(groups.values())
+
+
+def _train_group(runs: list[dict[str, Any]], loaded: Any, resume: bool, export: Path | None):
+    """Train a group together and write each run's prompt file (and its checkpoint meanwhile)."""
+    from nlp_cli import artifacts
+    from nlp_cli import train as lib
+
+    ckpts = [r["target"].with_name(r["target"].name + ".ckpt") for r in runs]
+    several = len(runs) > 1
+
+    def progress(i: int, rec: dict[str, Any]) -> None:
+        cfg = runs[i]["cfg"]
+        acc = rec["test_acc"]
+        parts = [f"epoch {rec['epoch']}/{cfg.epochs}", f"lr {rec['lr']:.3g}",
+                 f"loss {rec['loss']:.4f}", f"test acc {100 * acc:.2f}%"]
+        if several:
+            parts.insert(0, f"[{cfg.loss} seed {cfg.seed} {runs[i]['target'].stem[:24]}]")
+        if rec["loss_noisy"] is not None and rec["loss_clean"] is not None:
+            parts.append(f"loss correct/wrong {rec['loss_clean']:.3f}/{rec['loss_noisy']:.3f}")
+        output.console.print("  ".join(parts), soft_wrap=True, markup=False)
+
+    results = lib.train_many(
+        [r["td"] for r in runs], [r["cfg"] for r in runs], loaded=loaded,
+        init_ctxs=[r["init"] for r in runs], checkpoints=ckpts, resume=resume,
+        run_keys=[r["key"] for r in runs], on_epoch=progress,
+    )
+    for r, result, ckpt in zip(runs, results, ckpts, strict=True):
         if result.info.get("resumed_at"):
             output.info(f"resumed from {ckpt} at epoch {result.info['resumed_at']}")
+        td, cfg = r["td"], r["cfg"]
         meta = {
             "model": loaded.identity,
             "dataset": td.features.meta.get("dataset"),
             "classnames": td.classnames,
-            "options": options,
-            "upstream": upstream,
-            "key": key,
+            "options": r["options"],
+            "upstream": r["upstream"],
+            "key": r["key"],
             "prompt": result.prompt_meta,
             "loss": cfg.loss,
             "knobs": result.info["knobs"],
             "history": result.history,
         }
-        artifacts.save(target, "prompt", {"ctx": result.ctx}, meta)
+        artifacts.save(r["target"], "prompt", {"ctx": result.ctx}, meta)
         ckpt.unlink(missing_ok=True)
-        if export_coop is not None:
-            lib.export_coop(export_coop, loaded.model, artifacts.load(target, "prompt"))
-            output.info(f"CoOp checkpoint: {export_coop}")
-        output.emit(target, _summary(meta), as_json)
+        if export is not None:
+            lib.export_coop(export, loaded.model, artifacts.load(r["target"], "prompt"))
+            output.info(f"CoOp checkpoint: {export}")
 
 
 def _summary(meta: dict[str, Any]) -> dict[str, Any]:
