@@ -275,7 +275,9 @@ def plot_accuracy_vs_noise(
     `table_rows[noise_type][method]` = [(rate, accuracy fraction), …].
     """
     plt = _pyplot()
-    kinds = sorted(table_rows)
+    from nlp_cli.tables import NOISE_ORDER
+
+    kinds = sorted(table_rows, key=lambda k: (NOISE_ORDER.get(k, len(NOISE_ORDER)), k))
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.4), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
         for method, points in table_rows[kind].items():
