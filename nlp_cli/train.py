@@ -104,7 +104,9 @@ class TrainConfig:
             )
         if self.method == "joapr":
             if self.loss != "ce":
-                raise UsageError(f"--method joapr trains with cross-entropy: drop --loss {self.loss}")
+                raise UsageError(
+                    f"--method joapr trains with cross-entropy: drop --loss {self.loss}"
+                )
             if not 0 <= self.joapr_warmup < self.epochs:
                 raise UsageError("--joapr-warmup must lie in [0, epochs)")
             if self.joapr_alpha <= 0 or not 0 <= self.joapr_threshold < 1:
