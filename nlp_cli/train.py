@@ -25,7 +25,9 @@ from nlp_cli.prompt import POSITIONS, PromptLearner, learner_from_artifact, text
 TARGETS = ("labels", "zero-shot")
 REPURIFY = ("none", "epoch")
 METHODS = ("standard", "joapr")
-JOAPR_OPTIONS = ("joapr_warmup", "joapr_alpha", "joapr_threshold", "joapr_temperature")
+JOAPR_OPTIONS = (
+    "joapr_warmup", "joapr_alpha", "joapr_threshold", "joapr_temperature", "joapr_prior"
+)
 
 
 @dataclass
@@ -54,12 +56,13 @@ class TrainConfig:
     beta: float | None = None
     scale: float | None = None
     # JoAPR (joapr.py): CE warm-up epochs, mixup's Beta(α, α), the clean threshold on the GMM
-    # posterior and the noisy set's sharpening temperature.
+    # posterior, the targets' sharpening temperature and the class-balance penalty's weight.
     method: str = "standard"
     joapr_warmup: int = 1
     joapr_alpha: float = 4.0
     joapr_threshold: float = 0.5
     joapr_temperature: float = 0.5
+    joapr_prior: float = 1.0
 
     def options(self) -> dict[str, Any]:
         """The settings that define the run (JoAPR's only when it is the method)."""
@@ -111,8 +114,8 @@ class TrainConfig:
                 raise UsageError("--joapr-warmup must lie in [0, epochs)")
             if self.joapr_alpha <= 0 or not 0 <= self.joapr_threshold < 1:
                 raise UsageError("--joapr-alpha must be positive and --joapr-threshold in [0, 1)")
-            if self.joapr_temperature <= 0:
-                raise UsageError("--joapr-temperature must be positive")
+            if self.joapr_temperature <= 0 or self.joapr_prior < 0:
+                raise UsageError("--joapr-temperature must be positive and --joapr-prior ≥ 0")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of a (0-based) epoch: constant warm-up, then cosine from lr to 0."""
@@ -363,8 +366,11 @@ class _Run:
     def _joapr_batch(self, step: int, idx: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         perm = torch.randperm(len(idx), generator=self.mix_g).to(self.device)
         x, t = joapr.mixup(self.x_epoch[idx], self.soft[idx], self.lams[step], perm)
-        per = joapr.soft_ce(self.scale * x @ _normalise(text).T, t)
+        logits = self.scale * x @ _normalise(text).T
+        per = joapr.soft_ce(logits, t)
         loss = per.mean()
+        if self.config.joapr_prior:
+            loss = loss + self.config.joapr_prior * joapr.prior_penalty(logits)
         # λ ≥ 1/2: a mixed sample's loss is counted with the sample it mostly is.
         per = per.detach()
         self.per_clean.append(per[self.correct[idx]].cpu())
@@ -569,8 +575,7 @@ def _joapr_many(
         logits = scale * r.train @ _normalise(t).T
         w = joapr.partition(logits, r.targets)
         c = r.config
-        soft = joapr.refurbish(r.targets, logits.float().softmax(dim=1), w,
-                               c.joapr_threshold, c.joapr_temperature)
+        soft = joapr.refurbish(r.targets, logits.float().softmax(dim=1), w, c.joapr_temperature)
         out[id(r)] = (soft, w > c.joapr_threshold)
     return out
 

@@ -132,7 +132,10 @@ def register(app: typer.Typer) -> None:
             None, "--joapr-threshold", help="JoAPR: clean ⇔ GMM clean posterior above it (0.5)."
         ),
         joapr_temperature: float | None = typer.Option(
-            None, "--joapr-temperature", help="JoAPR: noisy targets' sharpening T (0.5; 1 = off)."
+            None, "--joapr-temperature", help="JoAPR: targets' sharpening T (0.5; 1 = off)."
+        ),
+        joapr_prior: float | None = typer.Option(
+            None, "--joapr-prior", help="JoAPR: weight of the class-balance penalty (1; 0 = off)."
         ),
         q: float | None = typer.Option(None, "--q", help="gce's q (0.7)."),
         eps: float | None = typer.Option(None, "--eps", help="ls's ε (0.2)."),
@@ -178,7 +181,7 @@ def register(app: typer.Typer) -> None:
             "targets": targets, "repurify": repurify, "q": q, "eps": eps, "tau": tau,
             "beta": beta, "scale": scale, "method": method, "joapr_warmup": joapr_warmup,
             "joapr_alpha": joapr_alpha, "joapr_threshold": joapr_threshold,
-            "joapr_temperature": joapr_temperature,
+            "joapr_temperature": joapr_temperature, "joapr_prior": joapr_prior,
         }
         file_opts = read_config(config) if config is not None else {}
         proto = protocol or file_opts.pop("protocol", None)
