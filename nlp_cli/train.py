@@ -18,12 +18,16 @@ from typing import Any
 
 import torch
 
-from nlp_cli import artifacts, clip_model, losses
+from nlp_cli import artifacts, clip_model, joapr, losses
 from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
 from nlp_cli.prompt import POSITIONS, PromptLearner, learner_from_artifact, text_features_many
 
 TARGETS = ("labels", "zero-shot")
 REPURIFY = ("none", "epoch")
+METHODS = ("standard", "joapr")
+JOAPR_OPTIONS = (
+    "joapr_warmup", "joapr_alpha", "joapr_threshold", "joapr_temperature", "joapr_prior"
+)
 
 
 @dataclass
@@ -51,6 +55,22 @@ class TrainConfig:
     tau: float | None = None
     beta: float | None = None
     scale: float | None = None
+    # JoAPR (joapr.py): CE warm-up epochs, mixup's Beta(α, α), the clean threshold on the GMM
+    # posterior, the targets' sharpening temperature and the class-balance penalty's weight.
+    method: str = "standard"
+    joapr_warmup: int = 1
+    joapr_alpha: float = 4.0
+    joapr_threshold: float = 0.5
+    joapr_temperature: float = 0.5
+    joapr_prior: float = 1.0
+
+    def options(self) -> dict[str, Any]:
+        """The settings that define the run (JoAPR's only when it is the method)."""
+        out = dataclasses.asdict(self)
+        if self.method == "standard":
+            for name in ("method", *JOAPR_OPTIONS):
+                out.pop(name)
+        return out
 
     def knobs(self) -> dict[str, float]:
         """The loss's knobs: its defaults overridden by the ones set here."""
@@ -80,6 +100,22 @@ class TrainConfig:
             raise UsageError(f"--repurify must be one of {', '.join(REPURIFY)}")
         if self.repurify == "epoch" and self.loss != "nlprompt":
             raise UsageError("--repurify epoch only applies to --loss nlprompt")
+        if self.method not in METHODS:
+            raise UsageError(
+                f"unknown method {self.method!r}{did_you_mean(self.method, list(METHODS))}: "
+                f"choose from {', '.join(METHODS)}"
+            )
+        if self.method == "joapr":
+            if self.loss != "ce":
+                raise UsageError(
+                    f"--method joapr trains with cross-entropy: drop --loss {self.loss}"
+                )
+            if not 0 <= self.joapr_warmup < self.epochs:
+                raise UsageError("--joapr-warmup must lie in [0, epochs)")
+            if self.joapr_alpha <= 0 or not 0 <= self.joapr_threshold < 1:
+                raise UsageError("--joapr-alpha must be positive and --joapr-threshold in [0, 1)")
+            if self.joapr_temperature <= 0 or self.joapr_prior < 0:
+                raise UsageError("--joapr-temperature must be positive and --joapr-prior ≥ 0")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of a (0-based) epoch: constant warm-up, then cosine from lr to 0."""
@@ -283,7 +319,12 @@ class _Run:
     def active(self, epoch: int) -> bool:
         return self.start <= epoch < self.config.epochs
 
-    def begin_epoch(self, epoch: int, clean_now: torch.Tensor | None) -> None:
+    def joapr_active(self, epoch: int) -> bool:
+        return self.config.method == "joapr" and epoch >= self.config.joapr_warmup
+
+    def begin_epoch(
+        self, epoch: int, clean_now: torch.Tensor | None, soft: torch.Tensor | None = None
+    ) -> None:
         self.lr = self.config.lr_at(epoch)
         for group in self.optim.param_groups:
             group["lr"] = self.lr
@@ -294,6 +335,11 @@ class _Run:
             pick = torch.randint(self.views.shape[0], (self.n,), generator=g)
             self.x_epoch = _normalise(self.views[pick, torch.arange(self.n)]).to(self.device)
         self.epoch_clean = clean_now if clean_now is not None else self.clean
+        self.soft = soft
+        if soft is not None:
+            self.lams = joapr.mix_lambdas(self.config.joapr_alpha, self.steps, self.config.seed,
+                                          epoch)
+            self.mix_g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch + 7)
         self.per_clean: list[torch.Tensor] = []
         self.per_noisy: list[torch.Tensor] = []
         self.batch_losses: list[torch.Tensor] = []
@@ -301,6 +347,8 @@ class _Run:
     def batch_loss(self, step: int, text: torch.Tensor) -> torch.Tensor:
         bs = self.config.batch_size
         idx = self.order[step * bs : (step + 1) * bs]
+        if self.soft is not None:
+            return self._joapr_batch(step, idx, text)
         logits = self.scale * self.x_epoch[idx] @ _normalise(text).T
         y = self.targets[idx]
         part = self.epoch_clean[idx] if self.epoch_clean is not None else None
@@ -309,6 +357,21 @@ class _Run:
             loss = per.mean()
         else:
             loss = per.sum() / self.spec.keep(logits.detach(), y).sum().clamp(min=1)
+        per = per.detach()
+        self.per_clean.append(per[self.correct[idx]].cpu())
+        self.per_noisy.append(per[~self.correct[idx]].cpu())
+        self.batch_losses.append(loss.detach())
+        return loss
+
+    def _joapr_batch(self, step: int, idx: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        perm = torch.randperm(len(idx), generator=self.mix_g).to(self.device)
+        x, t = joapr.mixup(self.x_epoch[idx], self.soft[idx], self.lams[step], perm)
+        logits = self.scale * x @ _normalise(text).T
+        per = joapr.soft_ce(logits, t)
+        loss = per.mean()
+        if self.config.joapr_prior:
+            loss = loss + self.config.joapr_prior * joapr.prior_penalty(logits)
+        # λ ≥ 1/2: a mixed sample's loss is counted with the sample it mostly is.
         per = per.detach()
         self.per_clean.append(per[self.correct[idx]].cpu())
         self.per_noisy.append(per[~self.correct[idx]].cpu())
@@ -430,8 +493,12 @@ def train_many(
             continue
         repurify = [r for r in active if r.config.repurify == "epoch"]
         cleans = _repurify_many(model, repurify, scale) if repurify else {}
+        refurbishing = [r for r in active if r.joapr_active(epoch)]
+        softs = _joapr_many(model, refurbishing, scale) if refurbishing else {}
+        cleans |= {k: v[1] for k, v in softs.items()}
         for r in active:
-            r.begin_epoch(epoch, cleans.get(id(r)))
+            soft = softs[id(r)][0] if id(r) in softs else None
+            r.begin_epoch(epoch, cleans.get(id(r)), soft)
         for step in range(max(r.steps for r in active)):
             stepping = [r for r in active if step < r.steps]
             texts = text_features_many(model, [r.learner for r in stepping])
@@ -494,6 +561,22 @@ def _repurify_many(model: Any, runs: list[_Run], scale: float) -> dict[int, torc
     for r, t in zip(runs, texts, strict=True):
         result = promptot(r.train, _normalise(t), r.given, scale, reg=0.01)
         out[id(r)] = torch.as_tensor(result.clean, dtype=torch.bool, device=r.given.device)
+    return out
+
+
+@torch.no_grad()
+def _joapr_many(
+    model: Any, runs: list[_Run], scale: float
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """JoAPR's refurbished targets and clean mask for each run, with its current prompt."""
+    texts = text_features_many(model, [r.learner for r in runs])
+    out = {}
+    for r, t in zip(runs, texts, strict=True):
+        logits = scale * r.train @ _normalise(t).T
+        w = joapr.partition(logits, r.targets)
+        c = r.config
+        soft = joapr.refurbish(r.targets, logits.float().softmax(dim=1), w, c.joapr_temperature)
+        out[id(r)] = (soft, w > c.joapr_threshold)
     return out
 
 

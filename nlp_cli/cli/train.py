@@ -118,6 +118,25 @@ def register(app: typer.Typer) -> None:
             None, "--repurify", autocompletion=_choices("none", "epoch"),
             help="none (use the partition) or epoch (PromptOT each epoch)."
         ),
+        method: str | None = typer.Option(
+            None, "--method", autocompletion=_choices("standard", "joapr"),
+            help="standard (the loss alone) or joapr (GMM partition, refurbished labels, mixup).",
+        ),
+        joapr_warmup: int | None = typer.Option(
+            None, "--joapr-warmup", help="JoAPR: plain CE epochs before refurbishing (1)."
+        ),
+        joapr_alpha: float | None = typer.Option(
+            None, "--joapr-alpha", help="JoAPR: mixup's Beta(α, α) (4)."
+        ),
+        joapr_threshold: float | None = typer.Option(
+            None, "--joapr-threshold", help="JoAPR: clean ⇔ GMM clean posterior above it (0.5)."
+        ),
+        joapr_temperature: float | None = typer.Option(
+            None, "--joapr-temperature", help="JoAPR: targets' sharpening T (0.5; 1 = off)."
+        ),
+        joapr_prior: float | None = typer.Option(
+            None, "--joapr-prior", help="JoAPR: weight of the class-balance penalty (1; 0 = off)."
+        ),
         q: float | None = typer.Option(None, "--q", help="gce's q (0.7)."),
         eps: float | None = typer.Option(None, "--eps", help="ls's ε (0.2)."),
         tau: float | None = typer.Option(None, "--tau", help="logitnorm (1) / logitclip (10) τ."),
@@ -160,7 +179,9 @@ def register(app: typer.Typer) -> None:
             "warmup_lr": warmup_lr, "device": device, "n_ctx": n_ctx,
             "ctx_init": ctx_init, "csc": csc, "class_token_position": class_token_position,
             "targets": targets, "repurify": repurify, "q": q, "eps": eps, "tau": tau,
-            "beta": beta, "scale": scale,
+            "beta": beta, "scale": scale, "method": method, "joapr_warmup": joapr_warmup,
+            "joapr_alpha": joapr_alpha, "joapr_threshold": joapr_threshold,
+            "joapr_temperature": joapr_temperature, "joapr_prior": joapr_prior,
         }
         file_opts = read_config(config) if config is not None else {}
         proto = protocol or file_opts.pop("protocol", None)
@@ -194,11 +215,12 @@ def register(app: typer.Typer) -> None:
             upstream = {td.source.kind: td.source.ref(), "features": td.features.ref()}
             if init_ref is not None:
                 upstream["init"] = init_ref
-            options = {**dataclasses.asdict(cfg), "protocol": proto}
+            options = {**cfg.options(), "protocol": proto}
             key = artifacts.cache_key(
                 "prompt", {r: u["digest"] for r, u in upstream.items()}, options
             )
-            stem = f"{td.features.meta.get('dataset', 'prompt')}-{cfg.loss}-{path.stem}"
+            name = cfg.loss if cfg.method == "standard" else cfg.method
+            stem = f"{td.features.meta.get('dataset', 'prompt')}-{name}-{path.stem}"
             target = outs[i] if outs else artifacts.default_out("prompt", stem, key)
             artifacts.ensure_writable(target)
             runs.append({"td": td, "cfg": cfg, "init": init_ctx, "upstream": upstream,
@@ -297,6 +319,7 @@ def _train_group(runs: list[dict[str, Any]], loaded: Any, resume: bool, export: 
             "key": r["key"],
             "prompt": result.prompt_meta,
             "loss": cfg.loss,
+            "method": cfg.method,
             "knobs": result.info["knobs"],
             "history": result.history,
         }
