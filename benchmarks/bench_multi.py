@@ -41,13 +41,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = clip_model.save_checkpoint(vit_b16(), Path(tmp) / "vit.pt", fp16=False)
-        feats = synthetic_features(Path(tmp) / "f.safetensors", ckpt, args.classes,
-                                   args.n_train, 64)
+        feats = synthetic_features(
+            Path(tmp) / "f.safetensors", ckpt, args.classes, args.n_train, 64
+        )
         loaded = clip_model.load(str(ckpt), args.device)
         data = lib.load_data(feats)
         configs = [
-            lib.make_config("dspt", loss=LOSSES[r % len(LOSSES)], seed=r + 1,
-                            epochs=args.epochs, device=args.device)
+            lib.make_config(
+                "dspt",
+                loss=LOSSES[r % len(LOSSES)],
+                seed=r + 1,
+                epochs=args.epochs,
+                device=args.device,
+            )
             for r in range(args.runs)
         ]
         together, alone = [], []

@@ -41,8 +41,14 @@ def synthetic_features(path: Path, ckpt: Path, n_cls: int, n_train: int, n_test:
         noise = torch.nn.functional.normalize(torch.randn(n, protos.shape[1], generator=g), dim=-1)
         tensors[f"{split}.features"] = (2.0 * protos[labels] + noise).half()
         tensors[f"{split}.labels"] = labels
-    meta = {"model": loaded.identity, "dataset": "synthetic", "classnames": names,
-            "options": {}, "upstream": {}, "key": "bench"}
+    meta = {
+        "model": loaded.identity,
+        "dataset": "synthetic",
+        "classnames": names,
+        "options": {},
+        "upstream": {},
+        "key": "bench",
+    }
     return artifacts.save(path, "features", tensors, meta)
 
 

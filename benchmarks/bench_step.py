@@ -27,8 +27,26 @@ import torch.nn.functional as F
 from nlp_cli import clip_model
 from nlp_cli.prompt import PromptLearner, plain_text_features, shared_prefix_len, text_features
 
-WORDS = ["red", "sea", "lion", "golden", "retriever", "annual", "crop", "land", "river",
-         "forest", "pizza", "apple", "pie", "bonsai", "wild", "cat", "stop", "sign"]
+WORDS = [
+    "red",
+    "sea",
+    "lion",
+    "golden",
+    "retriever",
+    "annual",
+    "crop",
+    "land",
+    "river",
+    "forest",
+    "pizza",
+    "apple",
+    "pie",
+    "bonsai",
+    "wild",
+    "cat",
+    "stop",
+    "sign",
+]
 
 
 SPLITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "coop-splits"
@@ -43,9 +61,16 @@ def vit_b16(seed: int = 0):
     clip = clip_model._clip()
     torch.manual_seed(seed)
     model = clip.model.CLIP(
-        embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
-        vision_patch_size=16, context_length=77, vocab_size=49408, transformer_width=512,
-        transformer_heads=8, transformer_layers=12,
+        embed_dim=512,
+        image_resolution=224,
+        vision_layers=12,
+        vision_width=768,
+        vision_patch_size=16,
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=512,
+        transformer_heads=8,
+        transformer_layers=12,
     ).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -117,9 +142,14 @@ def bench(model, n_cls: int, batch: int, repeats: int, plain_repeats: int) -> di
         img_tokens, 768, 12, 197
     )
     return {
-        "classes": n_cls, "ours_s": ours, "plain_s": plain, "speedup": plain / ours,
-        "ours_tokens": ours_tokens, "plain_text_tokens": plain_tokens,
-        "ours_gflops": ours_flops / ours / 1e9, "plain_gflops": plain_flops / plain / 1e9,
+        "classes": n_cls,
+        "ours_s": ours,
+        "plain_s": plain,
+        "speedup": plain / ours,
+        "ours_tokens": ours_tokens,
+        "plain_text_tokens": plain_tokens,
+        "ours_gflops": ours_flops / ours / 1e9,
+        "plain_gflops": plain_flops / plain / 1e9,
     }
 
 

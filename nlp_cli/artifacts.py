@@ -281,9 +281,7 @@ def load_upstream(artifact: Artifact, role: str, kind: str | tuple[str, ...] | N
         raise ArtifactError(f"{artifact.path} records no {role} it was made from")
     up_path = Path(ref["path"])
     if not up_path.exists():
-        raise ArtifactError(
-            f"{artifact.path} was made from {up_path}, which no longer exists"
-        )
+        raise ArtifactError(f"{artifact.path} was made from {up_path}, which no longer exists")
     up = load(up_path, kind)
     if up.digest != ref["digest"]:
         raise ArtifactError(

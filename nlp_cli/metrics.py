@@ -40,9 +40,7 @@ def macro_f1(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> float:
     return float(f1[present].mean()) if bool(present.any()) else 0.0
 
 
-def summary(
-    pred: torch.Tensor, target: torch.Tensor, classnames: list[str]
-) -> dict[str, object]:
+def summary(pred: torch.Tensor, target: torch.Tensor, classnames: list[str]) -> dict[str, object]:
     """acc1, mean_per_class_recall, macro_f1 and per_class_acc ({classname: recall})."""
     n_classes = len(classnames)
     recall = per_class_recall(pred, target, n_classes)

@@ -26,7 +26,11 @@ TARGETS = ("labels", "zero-shot")
 REPURIFY = ("none", "epoch")
 METHODS = ("standard", "joapr")
 JOAPR_OPTIONS = (
-    "joapr_warmup", "joapr_alpha", "joapr_threshold", "joapr_temperature", "joapr_prior"
+    "joapr_warmup",
+    "joapr_alpha",
+    "joapr_threshold",
+    "joapr_temperature",
+    "joapr_prior",
 )
 
 
@@ -127,11 +131,29 @@ class TrainConfig:
 # SPEC §4. DSPT's table lists plain SGD (no momentum, no warm-up); NLPrompt's scripts add
 # momentum 0.9, weight decay 5e-4 and one warm-up epoch at 1e-5. Shots are chosen by `corrupt`.
 PROTOCOLS: dict[str, dict[str, Any]] = {
-    "dspt": {"epochs": 50, "lr": 0.002, "batch_size": 32, "momentum": 0.0, "weight_decay": 0.0,
-             "warmup_epochs": 0, "n_ctx": 16, "csc": False, "class_token_position": "end"},
-    "nlprompt": {"epochs": 200, "lr": 0.002, "batch_size": 32, "momentum": 0.9,
-                 "weight_decay": 5e-4, "warmup_epochs": 1, "warmup_lr": 1e-5, "n_ctx": 16,
-                 "csc": False, "class_token_position": "end"},
+    "dspt": {
+        "epochs": 50,
+        "lr": 0.002,
+        "batch_size": 32,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "warmup_epochs": 0,
+        "n_ctx": 16,
+        "csc": False,
+        "class_token_position": "end",
+    },
+    "nlprompt": {
+        "epochs": 200,
+        "lr": 0.002,
+        "batch_size": 32,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+        "n_ctx": 16,
+        "csc": False,
+        "class_token_position": "end",
+    },
 }
 
 
@@ -249,8 +271,15 @@ def train_prompt(
     callback = None if on_epoch is None else (lambda _run, record: on_epoch(record))
     look = None if inspect is None else (lambda _run, epoch, learner: inspect(epoch, learner))
     (result,) = train_many(
-        [data], [config], loaded=loaded, init_ctxs=[init_ctx], checkpoints=[checkpoint],
-        resume=resume, run_keys=[run_key], on_epoch=callback, inspect=look,
+        [data],
+        [config],
+        loaded=loaded,
+        init_ctxs=[init_ctx],
+        checkpoints=[checkpoint],
+        resume=resume,
+        run_keys=[run_key],
+        on_epoch=callback,
+        inspect=look,
     )
     return result
 
@@ -261,8 +290,15 @@ BATCHED_ALIKE = ("device", "n_ctx", "ctx_init", "csc", "class_token_position")
 class _Run:
     """One run's data, prompt, optimiser and epoch state inside train_many."""
 
-    def __init__(self, data: TrainData, config: TrainConfig, model: Any, scale: float,
-                 device: torch.device, hand: Callable[[], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        data: TrainData,
+        config: TrainConfig,
+        model: Any,
+        scale: float,
+        device: torch.device,
+        hand: Callable[[], torch.Tensor],
+    ) -> None:
         self.config = config
         self.spec = losses.get(config.loss)
         if self.spec.needs_partition and data.clean is None and config.repurify != "epoch":
@@ -283,12 +319,18 @@ class _Run:
         self.correct = self.targets == true
         self.clean = data.clean.to(device) if data.clean is not None else None
         self.learner = PromptLearner(
-            model, data.classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
-            csc=config.csc, position=config.class_token_position,
+            model,
+            data.classnames,
+            n_ctx=config.n_ctx,
+            ctx_init=config.ctx_init,
+            csc=config.csc,
+            position=config.class_token_position,
             generator=torch.Generator().manual_seed(config.seed),
         ).to(device)
         self.optim = torch.optim.SGD(
-            [self.learner.ctx], lr=config.lr, momentum=config.momentum,
+            [self.learner.ctx],
+            lr=config.lr,
+            momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
         self.scale = scale
@@ -337,8 +379,9 @@ class _Run:
         self.epoch_clean = clean_now if clean_now is not None else self.clean
         self.soft = soft
         if soft is not None:
-            self.lams = joapr.mix_lambdas(self.config.joapr_alpha, self.steps, self.config.seed,
-                                          epoch)
+            self.lams = joapr.mix_lambdas(
+                self.config.joapr_alpha, self.steps, self.config.seed, epoch
+            )
             self.mix_g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch + 7)
         self.per_clean: list[torch.Tensor] = []
         self.per_noisy: list[torch.Tensor] = []
@@ -401,8 +444,12 @@ class _Run:
             "position": config.class_token_position,
             "ctx_init": config.ctx_init,
         }
-        info = {"logit_scale": self.scale, "knobs": self.knobs, "n_train": self.n,
-                "resumed_at": self.start}
+        info = {
+            "logit_scale": self.scale,
+            "knobs": self.knobs,
+            "n_train": self.n,
+            "resumed_at": self.start,
+        }
         return TrainResult(
             self.learner.ctx.detach().cpu().clone(), self.history, prompt_meta, config, info
         )
@@ -518,9 +565,13 @@ def train_many(
             if checkpoints[i] is not None:
                 save_checkpoint(
                     checkpoints[i],
-                    {"key": run_keys[i], "epoch": epoch + 1,
-                     "ctx": r.learner.ctx.detach().cpu(), "optim": r.optim.state_dict(),
-                     "history": r.history},
+                    {
+                        "key": run_keys[i],
+                        "epoch": epoch + 1,
+                        "ctx": r.learner.ctx.detach().cpu(),
+                        "optim": r.optim.state_dict(),
+                        "history": r.history,
+                    },
                 )
                 artifacts.step_done()
             if on_epoch is not None:
@@ -544,9 +595,7 @@ def accuracies(
     texts = text_features_many(model, learners)
     if not len(y):
         return [0.0] * len(learners)
-    return [
-        float(((x @ _normalise(t).T).argmax(dim=1) == y).float().mean()) for t in texts
-    ]
+    return [float(((x @ _normalise(t).T).argmax(dim=1) == y).float().mean()) for t in texts]
 
 
 @torch.no_grad()

@@ -74,8 +74,6 @@ def test_console_writes_to_stderr(capsys):
 
 
 def test_real_process_error_has_no_traceback():
-    r = subprocess.run(
-        [sys.executable, "-m", "nlp_cli", "--nope"], capture_output=True, text=True
-    )
+    r = subprocess.run([sys.executable, "-m", "nlp_cli", "--nope"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr

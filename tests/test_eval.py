@@ -33,12 +33,16 @@ def _reference(pred: list[int], target: list[int], n: int) -> dict[str, float]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(2, 6).flatmap(
-    lambda n: st.tuples(
-        st.just(n),
-        st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), min_size=1, max_size=40),
+@given(
+    st.integers(2, 6).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(
+                st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), min_size=1, max_size=40
+            ),
+        )
     )
-))
+)
 def test_metrics_match_reference(case):
     n, pairs = case
     pred = torch.tensor([p for p, _ in pairs])
@@ -74,8 +78,15 @@ def test_eval_writes_metrics_file_and_refuses_other_classes(cli, features, tmp_p
     e = cli("eval", t.stdout.strip())
     assert e.code == 0, e.stderr
     written = json.loads(open(e.stdout.strip()).read())
-    assert set(written) >= {"acc1", "mean_per_class_recall", "macro_f1", "per_class_acc", "split",
-                            "n", "last5_mean_acc"}
+    assert set(written) >= {
+        "acc1",
+        "mean_per_class_recall",
+        "macro_f1",
+        "per_class_acc",
+        "split",
+        "n",
+        "last5_mean_acc",
+    }
     other = make_features(tmp_path / "other.safetensors", tiny_clip, n_classes=4)
     bad = cli("eval", t.stdout.strip(), "--features", other)
     assert bad.code == 1 and "other classes" in bad.stderr and bad.stdout == ""

@@ -23,11 +23,19 @@ def sym_labelset(features, out, rate: float, seed: int = 0):
     pick = torch.randperm(len(y), generator=g)[: round(rate * len(y))]
     noisy = y.clone()
     noisy[pick] = (y[pick] + torch.randint(1, n_cls, (len(pick),), generator=g)) % n_cls
-    meta = {"model": feats.meta["model"], "dataset": feats.meta["dataset"],
-            "classnames": feats.classnames, "options": {"sym": rate},
-            "upstream": {"features": feats.ref()}}
-    tensors = {"labels": noisy, "true_labels": y, "index": torch.arange(len(y)),
-               "transition": torch.eye(n_cls, dtype=torch.float64)}
+    meta = {
+        "model": feats.meta["model"],
+        "dataset": feats.meta["dataset"],
+        "classnames": feats.classnames,
+        "options": {"sym": rate},
+        "upstream": {"features": feats.ref()},
+    }
+    tensors = {
+        "labels": noisy,
+        "true_labels": y,
+        "index": torch.arange(len(y)),
+        "transition": torch.eye(n_cls, dtype=torch.float64),
+    }
     return artifacts.save(out, "labelset", tensors, meta)
 
 
@@ -92,8 +100,9 @@ def test_partition_finds_high_loss_samples():
 
 @pytest.fixture
 def noisy(tmp_path, tiny_clip):
-    feats = make_features(tmp_path / "f.safetensors", tiny_clip, n_classes=10, n_train=24,
-                          signal=20.0)
+    feats = make_features(
+        tmp_path / "f.safetensors", tiny_clip, n_classes=10, n_train=24, signal=20.0
+    )
     return sym_labelset(feats, tmp_path / "sym60.safetensors", 0.6)
 
 
@@ -146,8 +155,18 @@ def test_joapr_options_refused():
 
 
 def test_cli_method_joapr(cli, nlp_home, noisy):
-    args = ("train", str(noisy), "--method", "joapr", "--epochs", "2", "--n-ctx", "4",
-            "--joapr-alpha", "2")
+    args = (
+        "train",
+        str(noisy),
+        "--method",
+        "joapr",
+        "--epochs",
+        "2",
+        "--n-ctx",
+        "4",
+        "--joapr-alpha",
+        "2",
+    )
     res = cli(*args, "--json")
     assert res.code == 0, res.stderr
     summary = json.loads(res.stdout)

@@ -87,8 +87,9 @@ def test_runs_that_cannot_share_a_pass_are_refused(tmp_path, features, tiny_clip
 
 def test_cli_trains_a_list_of_losses_and_seeds(cli, features, tmp_path):
     labels = make_labelset(features, tmp_path / "l.safetensors", rate=0.4)
-    r = cli("train", labels, "--loss", "ce,dsoftmax", "--seed", "1,2", "--epochs", "1",
-            "--n-ctx", "4")
+    r = cli(
+        "train", labels, "--loss", "ce,dsoftmax", "--seed", "1,2", "--epochs", "1", "--n-ctx", "4"
+    )
     assert r.code == 0, r.stderr
     paths = r.stdout.split()
     assert len(paths) == 4 and len(set(paths)) == 4
@@ -96,14 +97,29 @@ def test_cli_trains_a_list_of_losses_and_seeds(cli, features, tmp_path):
 
     metas = [artifacts.read_meta(p) for p in paths]
     assert sorted((m["loss"], m["options"]["seed"]) for m in metas) == [
-        ("ce", 1), ("ce", 2), ("dsoftmax", 1), ("dsoftmax", 2)
+        ("ce", 1),
+        ("ce", 2),
+        ("dsoftmax", 1),
+        ("dsoftmax", 2),
     ]
-    single = cli("train", labels, "--loss", "dsoftmax", "--seed", "2", "--epochs", "1",
-                 "--n-ctx", "4")
+    single = cli(
+        "train", labels, "--loss", "dsoftmax", "--seed", "2", "--epochs", "1", "--n-ctx", "4"
+    )
     assert single.stdout.strip() in paths
     assert "cache hit" in single.stderr
-    again = cli("train", labels, "--loss", "ce,dsoftmax", "--seed", "1,2", "--epochs", "1",
-                "--n-ctx", "4", "--json")
+    again = cli(
+        "train",
+        labels,
+        "--loss",
+        "ce,dsoftmax",
+        "--seed",
+        "1,2",
+        "--epochs",
+        "1",
+        "--n-ctx",
+        "4",
+        "--json",
+    )
     assert again.code == 0 and again.stderr.count("cache hit") == 4
     assert [run["path"] for run in json.loads(again.stdout)["runs"]] == paths
 
@@ -117,8 +133,24 @@ def test_cli_trains_several_inputs(cli, features, tmp_path):
     bad = cli("train", a, b, "--epochs", "1", "--out", tmp_path / "x.safetensors")
     assert bad.code == 2 and bad.stderr.startswith("error:") and "--out" in bad.stderr
     outs = [tmp_path / "pa.safetensors", tmp_path / "pb.safetensors"]
-    zipped = cli("train", a, b, "--zip", "--loss", "ce,mae", "--seed", "3", "--epochs", "1",
-                 "--n-ctx", "4", "--out", outs[0], "--out", outs[1])
+    zipped = cli(
+        "train",
+        a,
+        b,
+        "--zip",
+        "--loss",
+        "ce,mae",
+        "--seed",
+        "3",
+        "--epochs",
+        "1",
+        "--n-ctx",
+        "4",
+        "--out",
+        outs[0],
+        "--out",
+        outs[1],
+    )
     assert zipped.code == 0, zipped.stderr
     assert zipped.stdout.split() == [str(p) for p in outs]
     from nlp_cli import artifacts

@@ -84,8 +84,9 @@ def test_same_seed_same_ctx_bit_for_bit(labelset):
 
 
 def test_resume_gives_the_uninterrupted_ctx(tmp_path, labelset):
-    cfg = lib.make_config(loss="ce", epochs=4, momentum=0.9, weight_decay=5e-4, n_ctx=4,
-                          warmup_epochs=1)
+    cfg = lib.make_config(
+        loss="ce", epochs=4, momentum=0.9, weight_decay=5e-4, n_ctx=4, warmup_epochs=1
+    )
     full = lib.train_prompt(labelset, cfg)
     ckpt = tmp_path / "run.ckpt"
 
@@ -161,16 +162,38 @@ def test_repurify_every_epoch(labelset):
 
 
 def test_coop_checkpoint_roundtrip(tmp_path, cli, partition):
-    r = cli("train", partition, "--loss", "ce", "--epochs", "1", "--n-ctx", "4",
-            "--export-coop", tmp_path / "model.pth.tar-1")
+    r = cli(
+        "train",
+        partition,
+        "--loss",
+        "ce",
+        "--epochs",
+        "1",
+        "--n-ctx",
+        "4",
+        "--export-coop",
+        tmp_path / "model.pth.tar-1",
+    )
     assert r.code == 0, r.stderr
     prompt = artifacts.load(r.stdout.strip())
     ctx, extra = lib.import_coop(tmp_path / "model.pth.tar-1")
     assert torch.equal(ctx, prompt.tensors["ctx"]) and extra["epoch"] == 1
     raw = torch.load(tmp_path / "model.pth.tar-1", weights_only=True)
     assert {"ctx", "token_prefix", "token_suffix"} <= set(raw["state_dict"])
-    r2 = cli("train", partition, "--loss", "ce", "--epochs", "1", "--n-ctx", "4", "--lr", "1e-12",
-             "--init-from", tmp_path / "model.pth.tar-1")
+    r2 = cli(
+        "train",
+        partition,
+        "--loss",
+        "ce",
+        "--epochs",
+        "1",
+        "--n-ctx",
+        "4",
+        "--lr",
+        "1e-12",
+        "--init-from",
+        tmp_path / "model.pth.tar-1",
+    )
     assert r2.code == 0, r2.stderr
     again = artifacts.load(r2.stdout.strip())
     assert torch.allclose(again.tensors["ctx"], ctx, atol=1e-6)
@@ -245,8 +268,18 @@ def test_pipe_corrupt_purify_train_eval(cli, features):
     ev = cli("eval", "--json", stdin=prompt.stdout)
     assert ev.code == 0, ev.stderr
     assert 0.0 <= json.loads(ev.stdout)["acc1"] <= 1.0
-    again = cli("train", labels.stdout.strip(), "--loss", "nlprompt", "--repurify", "epoch",
-                "--epochs", "2", "--n-ctx", "4")
+    again = cli(
+        "train",
+        labels.stdout.strip(),
+        "--loss",
+        "nlprompt",
+        "--repurify",
+        "epoch",
+        "--epochs",
+        "2",
+        "--n-ctx",
+        "4",
+    )
     assert again.code == 0, again.stderr
     hist = artifacts.read_meta(again.stdout.strip())["history"]
     assert all(0.0 < h["clean_frac"] <= 1.0 for h in hist)

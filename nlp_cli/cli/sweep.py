@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and stop."),
         plot: bool = typer.Option(True, "--plot/--no-plot", help="Accuracy-vs-noise PNG."),
         batch: bool = typer.Option(
-            True, "--batch/--no-batch",
+            True,
+            "--batch/--no-batch",
             help="Train cells with the same dataset and options together (default) or one by one.",
         ),
         as_json: bool = typer.Option(False, "--json", help="JSON summary on stdout."),

@@ -83,8 +83,10 @@ def register(app: typer.Typer) -> None:
             autocompletion=_complete_loss,
         ),
         protocol: str | None = typer.Option(
-            None, "--protocol", autocompletion=_choices("dspt", "nlprompt"),
-            help="dspt (50 epochs, plain SGD) or nlprompt (200, momentum)."
+            None,
+            "--protocol",
+            autocompletion=_choices("dspt", "nlprompt"),
+            help="dspt (50 epochs, plain SGD) or nlprompt (200, momentum).",
         ),
         epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (default 50)."),
         lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 0.002)."),
@@ -107,19 +109,27 @@ def register(app: typer.Typer) -> None:
             None, "--csc/--shared-ctx", help="Class-specific context (default shared)."
         ),
         class_token_position: str | None = typer.Option(
-            None, "--class-token-position", autocompletion=_choices("end", "middle", "front"),
-            help="end, middle or front (end)."
+            None,
+            "--class-token-position",
+            autocompletion=_choices("end", "middle", "front"),
+            help="end, middle or front (end).",
         ),
         targets: str | None = typer.Option(
-            None, "--targets", autocompletion=_choices("labels", "zero-shot"),
-            help="labels, or zero-shot pseudo-labels (Robust-UPL with gce)."
+            None,
+            "--targets",
+            autocompletion=_choices("labels", "zero-shot"),
+            help="labels, or zero-shot pseudo-labels (Robust-UPL with gce).",
         ),
         repurify: str | None = typer.Option(
-            None, "--repurify", autocompletion=_choices("none", "epoch"),
-            help="none (use the partition) or epoch (PromptOT each epoch)."
+            None,
+            "--repurify",
+            autocompletion=_choices("none", "epoch"),
+            help="none (use the partition) or epoch (PromptOT each epoch).",
         ),
         method: str | None = typer.Option(
-            None, "--method", autocompletion=_choices("standard", "joapr"),
+            None,
+            "--method",
+            autocompletion=_choices("standard", "joapr"),
             help="standard (the loss alone) or joapr (GMM partition, refurbished labels, mixup).",
         ),
         joapr_warmup: int | None = typer.Option(
@@ -174,14 +184,31 @@ def register(app: typer.Typer) -> None:
         from nlp_cli import train as lib
 
         given = {
-            "epochs": epochs, "lr": lr, "batch_size": batch_size,
-            "momentum": momentum, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
-            "warmup_lr": warmup_lr, "device": device, "n_ctx": n_ctx,
-            "ctx_init": ctx_init, "csc": csc, "class_token_position": class_token_position,
-            "targets": targets, "repurify": repurify, "q": q, "eps": eps, "tau": tau,
-            "beta": beta, "scale": scale, "method": method, "joapr_warmup": joapr_warmup,
-            "joapr_alpha": joapr_alpha, "joapr_threshold": joapr_threshold,
-            "joapr_temperature": joapr_temperature, "joapr_prior": joapr_prior,
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs,
+            "warmup_lr": warmup_lr,
+            "device": device,
+            "n_ctx": n_ctx,
+            "ctx_init": ctx_init,
+            "csc": csc,
+            "class_token_position": class_token_position,
+            "targets": targets,
+            "repurify": repurify,
+            "q": q,
+            "eps": eps,
+            "tau": tau,
+            "beta": beta,
+            "scale": scale,
+            "method": method,
+            "joapr_warmup": joapr_warmup,
+            "joapr_alpha": joapr_alpha,
+            "joapr_threshold": joapr_threshold,
+            "joapr_temperature": joapr_temperature,
+            "joapr_prior": joapr_prior,
         }
         file_opts = read_config(config) if config is not None else {}
         proto = protocol or file_opts.pop("protocol", None)
@@ -223,9 +250,18 @@ def register(app: typer.Typer) -> None:
             stem = f"{td.features.meta.get('dataset', 'prompt')}-{name}-{path.stem}"
             target = outs[i] if outs else artifacts.default_out("prompt", stem, key)
             artifacts.ensure_writable(target)
-            runs.append({"td": td, "cfg": cfg, "init": init_ctx, "upstream": upstream,
-                         "options": options, "key": key, "target": target,
-                         "hit": artifacts.cached(target, key, "prompt")})
+            runs.append(
+                {
+                    "td": td,
+                    "cfg": cfg,
+                    "init": init_ctx,
+                    "upstream": upstream,
+                    "options": options,
+                    "key": key,
+                    "target": target,
+                    "hit": artifacts.cached(target, key, "prompt"),
+                }
+            )
 
         pending = [r for r in runs if not r["hit"]]
         for r in runs:
@@ -244,8 +280,14 @@ def register(app: typer.Typer) -> None:
         if len(runs) == 1:
             output.emit(runs[0]["target"], summaries[0], as_json)
         elif as_json:
-            output.emit_json({"runs": [{"path": str(r["target"]), **m}
-                                       for r, m in zip(runs, summaries, strict=True)]})
+            output.emit_json(
+                {
+                    "runs": [
+                        {"path": str(r["target"]), **m}
+                        for r, m in zip(runs, summaries, strict=True)
+                    ]
+                }
+            )
         else:
             for r in runs:
                 output.emit(r["target"])
@@ -266,8 +308,7 @@ def _zipped(inputs: list[Path], losses: list[Any], seeds: list[Any]) -> list[tup
     if any(len(x) not in (1, n) for x in (inputs, losses, seeds)):
         raise UsageError("--zip needs inputs, --loss and --seed lists of one length (or one item)")
     return [
-        (inputs[i % len(inputs)], losses[i % len(losses)], seeds[i % len(seeds)])
-        for i in range(n)
+        (inputs[i % len(inputs)], losses[i % len(losses)], seeds[i % len(seeds)]) for i in range(n)
     ]
 
 
@@ -293,8 +334,12 @@ def _train_group(runs: list[dict[str, Any]], loaded: Any, resume: bool, export: 
     def progress(i: int, rec: dict[str, Any]) -> None:
         cfg = runs[i]["cfg"]
         acc = rec["test_acc"]
-        parts = [f"epoch {rec['epoch']}/{cfg.epochs}", f"lr {rec['lr']:.3g}",
-                 f"loss {rec['loss']:.4f}", f"test acc {100 * acc:.2f}%"]
+        parts = [
+            f"epoch {rec['epoch']}/{cfg.epochs}",
+            f"lr {rec['lr']:.3g}",
+            f"loss {rec['loss']:.4f}",
+            f"test acc {100 * acc:.2f}%",
+        ]
         if several:
             parts.insert(0, f"[{cfg.loss} seed {cfg.seed} {runs[i]['target'].stem[:24]}]")
         if rec["loss_noisy"] is not None and rec["loss_clean"] is not None:
@@ -302,9 +347,14 @@ def _train_group(runs: list[dict[str, Any]], loaded: Any, resume: bool, export: 
         output.console.print("  ".join(parts), soft_wrap=True, markup=False)
 
     results = lib.train_many(
-        [r["td"] for r in runs], [r["cfg"] for r in runs], loaded=loaded,
-        init_ctxs=[r["init"] for r in runs], checkpoints=ckpts, resume=resume,
-        run_keys=[r["key"] for r in runs], on_epoch=progress,
+        [r["td"] for r in runs],
+        [r["cfg"] for r in runs],
+        loaded=loaded,
+        init_ctxs=[r["init"] for r in runs],
+        checkpoints=ckpts,
+        resume=resume,
+        run_keys=[r["key"] for r in runs],
+        on_epoch=progress,
     )
     for r, result, ckpt in zip(runs, results, ckpts, strict=True):
         if result.info.get("resumed_at"):
