@@ -11,7 +11,9 @@ from rich.console import Console
 
 from nlp_cli.errors import UsageError
 
-console = Console(stderr=True, highlight=False)
+# Log lines are not wrapped at the console width (80 columns when stderr is a file or a pipe):
+# a long line stays one line for grep and for the reader of a log.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def input_path(arg: Path | None, what: str = "input artifact") -> Path:
