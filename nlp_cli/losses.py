@@ -29,7 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nlp_cli.errors import UsageError, did_you_mean
+from nlp_cli.errors import UsageError
+from nlp_cli.registry import Registry, first_doc_line
 
 # Added to ‖z‖ before dividing by it (logitnorm, square), as LogitNorm's public code does, so an
 # all-zero logit vector stays finite.
@@ -49,7 +50,7 @@ class LossSpec:
     keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
-_REGISTRY: dict[str, LossSpec] = {}
+_REGISTRY: Registry[LossSpec] = Registry("loss")
 
 # Valid range of each knob: (low, high, low inclusive, high inclusive).
 _KNOB_RANGES: dict[str, tuple[float, float, bool, bool]] = {
@@ -70,10 +71,8 @@ def register(
     """Decorator adding a per-sample loss function to the registry under `name`."""
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        if name in _REGISTRY:
-            raise ValueError(f"loss {name!r} is registered twice")
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = LossSpec(name, fn, dict(defaults), needs_partition, doc, keep)
+        doc = first_doc_line(fn)
+        _REGISTRY.add(name, LossSpec(name, fn, dict(defaults), needs_partition, doc, keep))
         return fn
 
     return wrap
@@ -81,18 +80,12 @@ def register(
 
 def list_losses() -> list[str]:
     """Names of all registered losses, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str) -> LossSpec:
     """The registered loss called `name`; UsageError for an unknown name."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown loss {name!r}{did_you_mean(name, list(_REGISTRY))}: "
-            f"choose from {', '.join(_REGISTRY)}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def resolve_knobs(name: str, **knobs: Any) -> dict[str, float]:

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from nlp_cli.errors import UsageError, did_you_mean
+from nlp_cli.errors import UsageError
+from nlp_cli.registry import Registry, first_doc_line
 
 
 @dataclass
@@ -34,17 +35,14 @@ class NoiseSpec:
     doc: str
 
 
-_REGISTRY: dict[str, NoiseSpec] = {}
+_REGISTRY: Registry[NoiseSpec] = Registry("noise model", unknown="noise type")
 
 
 def register(name: str) -> Callable[[Callable[..., NoiseResult]], Callable[..., NoiseResult]]:
     """Decorator adding a noise model to the registry under `name`."""
 
     def wrap(fn: Callable[..., NoiseResult]) -> Callable[..., NoiseResult]:
-        if name in _REGISTRY:
-            raise ValueError(f"noise model {name!r} is registered twice")
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = NoiseSpec(name, fn, doc)
+        _REGISTRY.add(name, NoiseSpec(name, fn, first_doc_line(fn)))
         return fn
 
     return wrap
@@ -52,18 +50,12 @@ def register(name: str) -> Callable[[Callable[..., NoiseResult]], Callable[..., 
 
 def list_noise() -> list[str]:
     """Names of all registered noise models."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str) -> NoiseSpec:
     """The noise model called `name`; UsageError for an unknown name."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown noise type {name!r}{did_you_mean(name, list(_REGISTRY))}: "
-            f"choose from {', '.join(_REGISTRY)}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def check_rate(rate: float, what: str = "noise rate") -> None:

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from nlp_cli.errors import UsageError, did_you_mean
+from nlp_cli.errors import UsageError
+from nlp_cli.registry import Registry, first_doc_line
 
 SOLVERS = ("torch", "pot")
 # Above this span of the (shifted) cost divided by reg, exp(-M/reg) leaves float64's range
@@ -43,17 +44,14 @@ class PurifierSpec:
     doc: str
 
 
-_REGISTRY: dict[str, PurifierSpec] = {}
+_REGISTRY: Registry[PurifierSpec] = Registry("purifier")
 
 
 def register(name: str, **defaults: Any) -> Callable[[Callable[..., PartitionResult]], Any]:
     """Decorator adding a purifier to the registry under `name`."""
 
     def wrap(fn: Callable[..., PartitionResult]) -> Callable[..., PartitionResult]:
-        if name in _REGISTRY:
-            raise ValueError(f"purifier {name!r} is registered twice")
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = PurifierSpec(name, fn, dict(defaults), doc)
+        _REGISTRY.add(name, PurifierSpec(name, fn, dict(defaults), first_doc_line(fn)))
         return fn
 
     return wrap
@@ -61,18 +59,12 @@ def register(name: str, **defaults: Any) -> Callable[[Callable[..., PartitionRes
 
 def list_purifiers() -> list[str]:
     """Names of all registered purifiers, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str) -> PurifierSpec:
     """The purifier called `name`; UsageError for an unknown name."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown purifier {name!r}{did_you_mean(name, list(_REGISTRY))}: "
-            f"choose from {', '.join(_REGISTRY)}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def purify(
