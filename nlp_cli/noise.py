@@ -124,6 +124,23 @@ def _no_clean_left(labels: torch.Tensor, quota: torch.Tensor, classnames: list[s
     )
 
 
+def _checked_quota(
+    labels: torch.Tensor,
+    num_classes: int,
+    rate: float,
+    gen: torch.Generator,
+    classnames: list[str] | None,
+) -> torch.Tensor:
+    """Per-class flip counts for a rate, after checking the rate, C ≥ 2 and a clean sample left."""
+    check_rate(rate)
+    check_classes(num_classes)
+    quota = quotas(labels, num_classes, rate, gen)
+    problem = _no_clean_left(labels, quota, classnames)
+    if problem:
+        raise UsageError(problem)
+    return quota
+
+
 @register("none")
 def no_noise(labels: torch.Tensor, num_classes: int, gen: torch.Generator, **_: Any) -> NoiseResult:
     """No noise: the labels as they are."""
@@ -140,12 +157,7 @@ def symmetric(
     **_: Any,
 ) -> NoiseResult:
     """Symmetric: round(r·N) samples get a label drawn uniformly from the other C−1 classes."""
-    check_rate(rate)
-    check_classes(num_classes)
-    quota = quotas(labels, num_classes, rate, gen)
-    problem = _no_clean_left(labels, quota, classnames)
-    if problem:
-        raise UsageError(problem)
+    quota = _checked_quota(labels, num_classes, rate, gen, classnames)
     idx = pick(labels, quota, gen)
     noisy = labels.clone()
     # An offset in 1..C−1 added modulo C is uniform over the other classes, never the same one.
@@ -164,12 +176,7 @@ def pair_flip(
     **_: Any,
 ) -> NoiseResult:
     """Pair flip: round(r·N) samples go from class c to (c+1) mod C."""
-    check_rate(rate)
-    check_classes(num_classes)
-    quota = quotas(labels, num_classes, rate, gen)
-    problem = _no_clean_left(labels, quota, classnames)
-    if problem:
-        raise UsageError(problem)
+    quota = _checked_quota(labels, num_classes, rate, gen, classnames)
     idx = pick(labels, quota, gen)
     noisy = labels.clone()
     noisy[idx] = (labels[idx] + 1) % num_classes
@@ -233,14 +240,9 @@ def instance_dependent(
     margin standardised over the data set, and each goes to its nearest other prototype's
     class. Confusable samples are the likely mistakes, and they share a plausible wrong label.
     """
-    check_rate(rate)
-    check_classes(num_classes)
     if features is None:
         raise ValueError("instance-dependent noise needs the samples' features")
-    quota = quotas(labels, num_classes, rate, gen)
-    problem = _no_clean_left(labels, quota, classnames)
-    if problem:
-        raise UsageError(problem)
+    quota = _checked_quota(labels, num_classes, rate, gen, classnames)
     target, margin = nearest_other_class(features, labels, num_classes)
     z = (margin - margin.mean()) / margin.std().clamp_min(1e-12) if len(margin) > 1 else margin
     idx = pick(labels, quota, gen, weights=z.double().exp())
