@@ -169,13 +169,16 @@ def build_tiny(
     seed: int = 0,
     embed_dim: int = 32,
     image_resolution: int = 32,
-    vision_layers: int = 2,
+    vision_layers: int | tuple[int, int, int, int] = 2,
     vision_width: int = 64,
-    vision_patch_size: int = 8,
+    vision_patch_size: int | None = 8,
     transformer_width: int = 64,
     transformer_layers: int = 2,
 ):
-    """A small randomly initialised ViT CLIP, for tests and the offline world.
+    """A small randomly initialised CLIP, for tests and the offline world.
+
+    A ViT image tower, or with `vision_layers` a 4-tuple and no patch size, a ModifiedResNet
+    (its attention-pool grid is image_resolution / 32).
 
     Head counts are width // 64 because clip.model.build_model infers them that way when
     a checkpoint is loaded back; any other count would load as a different function.

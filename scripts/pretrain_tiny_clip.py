@@ -53,21 +53,18 @@ STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
 
 def build(seed: int, width: int = 16, layers: tuple[int, ...] = (1, 1, 1, 1), embed_dim: int = 64,
           text_width: int = 64, text_layers: int = 3):  # fmt: skip
-    """A ModifiedResNet CLIP at 64 px (attention-pool grid 2 × 2)."""
-    clip = clip_model._clip()
-    torch.manual_seed(seed)
-    return clip.model.CLIP(
+    """A ModifiedResNet CLIP at 64 px (attention-pool grid 2 × 2), in training mode."""
+    model = clip_model.build_tiny(
+        seed,
         embed_dim=embed_dim,
         image_resolution=64,
         vision_layers=layers,
         vision_width=width,
         vision_patch_size=None,
-        context_length=77,
-        vocab_size=49408,
         transformer_width=text_width,
-        transformer_heads=max(1, text_width // 64),
         transformer_layers=text_layers,
     )
+    return model.train()
 
 
 def to_tensor(images: list) -> torch.Tensor:
