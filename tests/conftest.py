@@ -67,6 +67,37 @@ def make_features(
     return artifacts.save(path, "features", tensors, meta)
 
 
+def make_sym_labelset(features: Path, out: Path, rate: float = 0.5, seed: int = 0) -> Path:
+    """A label set with round(rate·N) train labels moved uniformly to one of the other classes."""
+    feats = artifacts.load(features, "features")
+    true = feats.tensors["train.labels"]
+    c = len(feats.classnames)
+    g = torch.Generator().manual_seed(seed)
+    n = len(true)
+    flip = torch.randperm(n, generator=g)[: round(rate * n)]
+    labels = true.clone()
+    labels[flip] = (true[flip] + torch.randint(1, c, (len(flip),), generator=g)) % c
+    transition = torch.zeros(c, c, dtype=torch.float64)
+    transition.index_put_((true, labels), torch.ones(n, dtype=torch.float64), accumulate=True)
+    transition /= transition.sum(1, keepdim=True)
+    meta = {
+        "model": feats.model,
+        "dataset": feats.meta["dataset"],
+        "classnames": feats.classnames,
+        "options": {"sym": rate, "seed": seed},
+        "upstream": {"features": feats.ref()},
+        "noise": {"type": "sym", "rate": rate, "seed": seed},
+        "key": f"test-{seed}",
+    }
+    tensors = {
+        "labels": labels,
+        "true_labels": true,
+        "index": torch.arange(n),
+        "transition": transition,
+    }
+    return artifacts.save(out, "labelset", tensors, meta)
+
+
 @pytest.fixture
 def features(tmp_path, tiny_clip) -> Path:
     return make_features(tmp_path / "feats.safetensors", tiny_clip)

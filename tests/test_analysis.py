@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_sym_labelset
 
 from nlp_cli import analysis, artifacts, clip_model
 from nlp_cli.prompt import PromptLearner, plain_text_features
@@ -100,33 +101,9 @@ def test_histogram_matches_numpy():
 
 
 def _labelset(tmp_path, features, rate=0.5, seed=0, name="labels.safetensors"):
-    feats = artifacts.load(features, "features")
-    true = feats.tensors["train.labels"]
-    c = len(feats.classnames)
-    g = torch.Generator().manual_seed(seed)
-    n = len(true)
-    flip = torch.randperm(n, generator=g)[: round(rate * n)]
-    labels = true.clone()
-    labels[flip] = (true[flip] + torch.randint(1, c, (len(flip),), generator=g)) % c
-    transition = torch.zeros(c, c, dtype=torch.float64)
-    transition.index_put_((true, labels), torch.ones(n, dtype=torch.float64), accumulate=True)
-    transition /= transition.sum(1, keepdim=True)
-    meta = {
-        "model": feats.model,
-        "dataset": feats.meta["dataset"],
-        "classnames": feats.classnames,
-        "options": {"sym": rate, "seed": seed},
-        "upstream": {"features": feats.ref()},
-        "noise": {"type": "sym", "rate": rate, "seed": seed},
-        "key": f"test-{seed}",
-    }
-    tensors = {
-        "labels": labels,
-        "true_labels": true,
-        "index": torch.arange(n),
-        "transition": transition,
-    }
-    return artifacts.save(tmp_path / name, "labelset", tensors, meta), labels, true
+    path = make_sym_labelset(features, tmp_path / name, rate, seed)
+    ls = artifacts.load(path, "labelset")
+    return path, ls.tensors["labels"], ls.tensors["true_labels"]
 
 
 def _partition(tmp_path, labels_path):

@@ -7,36 +7,11 @@ import math
 
 import pytest
 import torch
-from conftest import make_features
+from conftest import make_features, make_sym_labelset
 
 from nlp_cli import artifacts, joapr
 from nlp_cli import train as lib
 from nlp_cli.errors import UsageError
-
-
-def sym_labelset(features, out, rate: float, seed: int = 0):
-    """Symmetric noise: round(rate·N) samples get one of the other C − 1 classes."""
-    feats = artifacts.load(features)
-    y = feats.tensors["train.labels"].long()
-    n_cls = len(feats.classnames)
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(y), generator=g)[: round(rate * len(y))]
-    noisy = y.clone()
-    noisy[pick] = (y[pick] + torch.randint(1, n_cls, (len(pick),), generator=g)) % n_cls
-    meta = {
-        "model": feats.meta["model"],
-        "dataset": feats.meta["dataset"],
-        "classnames": feats.classnames,
-        "options": {"sym": rate},
-        "upstream": {"features": feats.ref()},
-    }
-    tensors = {
-        "labels": noisy,
-        "true_labels": y,
-        "index": torch.arange(len(y)),
-        "transition": torch.eye(n_cls, dtype=torch.float64),
-    }
-    return artifacts.save(out, "labelset", tensors, meta)
 
 
 def test_refurbish_matches_formula():
@@ -103,7 +78,7 @@ def noisy(tmp_path, tiny_clip):
     feats = make_features(
         tmp_path / "f.safetensors", tiny_clip, n_classes=10, n_train=24, signal=20.0
     )
-    return sym_labelset(feats, tmp_path / "sym60.safetensors", 0.6)
+    return make_sym_labelset(feats, tmp_path / "sym60.safetensors", 0.6)
 
 
 RUN = {"epochs": 15, "n_ctx": 4, "batch_size": 16, "lr": 0.002, "ctx_init": "a photo of a"}
