@@ -173,8 +173,11 @@ def gradient_over_training(
 
     knobs = knobs or {}
     loaded = load_model_for(data.features, model)
-    tdata = train.load_data(data.labelset.path)
     index = data.labelset.tensors["index"].long()
+    # the label set and features are loaded and checked already: reuse them
+    tdata = train.TrainData(
+        data.features, data.labelset, index, data.labels, data.true_labels, data.clean
+    )
     image = data.features.tensors["train.features"][index].float()
     image = image / image.norm(dim=-1, keepdim=True)
     out: dict[str, list[GradStats]] = {}

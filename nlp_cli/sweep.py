@@ -94,6 +94,10 @@ class Grid:
     def folder(self) -> Path:
         return Path(self.out) if self.out else nlp_home() / "sweeps" / self.name
 
+    def metrics_path(self, cell: Cell) -> Path:
+        """A cell's metrics file; its presence marks the cell finished."""
+        return self.folder() / "metrics" / f"{cell.slug}.json"
+
 
 def dataset_name(source: str) -> str:
     """A features path counts under its file stem; a catalog name under itself."""
@@ -299,7 +303,7 @@ def run_cell(
                 str(prompt),
             ]
         )
-    metrics = folder / "metrics" / f"{cell.slug}.json"
+    metrics = grid.metrics_path(cell)
     if not metrics.exists():
         runner(["eval", str(prompt), "--device", device, "--out", str(metrics)])
     return record(cell, json.loads(metrics.read_text()), grid.metric)
@@ -376,7 +380,7 @@ def run_sweep(
             run_cell(grid, cell, feats[cell.dataset], runner, device, train=jobs)
         train_together(grid, jobs, runner, device)
     for cell in mine:
-        done = (folder / "metrics" / f"{cell.slug}.json").exists()
+        done = grid.metrics_path(cell).exists()
         if progress:
             progress(cell, "cached" if done else "running")
         ran += not done
@@ -394,7 +398,7 @@ def run_sweep(
             zero_shot[d] = float(json.loads(out.read_text())["acc1"])
     records = []
     for cell in grid.cells():
-        path = folder / "metrics" / f"{cell.slug}.json"
+        path = grid.metrics_path(cell)
         if path.exists():
             records.append(record(cell, json.loads(path.read_text()), grid.metric))
     return SweepResult(folder, records, zero_shot, ran, skipped)
@@ -430,12 +434,12 @@ def write_tables(result: SweepResult, grid: Grid, plot: bool = True) -> dict[str
         from nlp_cli import analysis
 
         rows: dict[str, dict[str, list[tuple[float, float]]]] = {}
-        for t in built[:1] if len(built) == 1 else built[-1:]:
-            for m in t.methods:
-                for s in t.settings:
-                    cell = t.cells.get((m, s))
-                    if cell and s[0] != "none":
-                        rows.setdefault(s[0], {}).setdefault(m, []).append((s[1], cell.mean))
+        last = built[-1]  # the only table, or the average over datasets
+        for m in last.methods:
+            for s in last.settings:
+                cell = last.cells.get((m, s))
+                if cell and s[0] != "none":
+                    rows.setdefault(s[0], {}).setdefault(m, []).append((s[1], cell.mean))
         if rows:
             out["plot"] = analysis.plot_accuracy_vs_noise(rows, result.folder / "accuracy.png")
     return out

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         cells = grid.cells()
         if dry_run:
             for cell in cells:
-                done = (grid.folder() / "metrics" / f"{cell.slug}.json").exists()
+                done = grid.metrics_path(cell).exists()
                 output.info(f"{'done   ' if done else 'pending'} {cell.slug}")
             if as_json:
                 output.emit_json({"cells": [c.slug for c in cells]})
