@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from nlp_cli import artifacts, clip_model, losses
-from nlp_cli.errors import ArtifactError, NlpError
+from nlp_cli.data import LABEL_KINDS, load_data
+from nlp_cli.errors import NlpError
 from nlp_cli.prompt import PromptLearner, prompt_text_features
 
 GROUPS = ("clean", "noisy")
@@ -123,14 +124,10 @@ def prepare(
     model: str | None = None,
 ) -> AnalysisInput:
     """Load a label set (or partition) and compute its train samples' logits at a prompt."""
-    ls = artifacts.load(labels_path, ("labelset", "partition"))
-    feats = artifacts.load_upstream(ls, "features", "features")
-    artifacts.check_compatible(ls, feats, f"{ls.path} and its features {feats.path}")
+    data = load_data(labels_path, LABEL_KINDS)
+    ls, feats, index = data.source, data.features, data.index
     classnames = feats.classnames
-    index = ls.tensors["index"].long()
     train = feats.tensors["train.features"]
-    if len(index) and (int(index.min()) < 0 or int(index.max()) >= train.shape[0]):
-        raise ArtifactError(f"{ls.path}: its index points outside {feats.path}'s train split")
     loaded = load_model_for(feats, model)
     prompt = None
     with torch.no_grad():
@@ -145,12 +142,11 @@ def prepare(
         image = train[index].float()
         image = image / image.norm(dim=-1, keepdim=True)
         logits = loaded.logit_scale * image @ text.T
-    clean = ls.tensors["clean"].bool() if ls.kind == "partition" else None
     return AnalysisInput(
         logits=logits,
-        labels=ls.tensors["labels"].long(),
-        true_labels=ls.tensors["true_labels"].long(),
-        clean=clean,
+        labels=data.labels,
+        true_labels=data.true_labels,
+        clean=data.clean,
         labelset=ls,
         features=feats,
         prompt=prompt,

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,17 +100,6 @@ def locked(path: Path | str) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
-
-
-def step_done() -> None:
-    """Mark a resumable unit of work (a shard, an epoch) as safely on disk.
-
-    Test hook: with NLP_TEST_PAUSE=SECONDS in the environment the process pauses here, so
-    that tests can interrupt a run part-way without depending on the machine's speed.
-    """
-    pause = float(os.environ.get("NLP_TEST_PAUSE") or 0)
-    if pause > 0:
-        time.sleep(pause)
 
 
 def ensure_writable(path: Path | str) -> None:

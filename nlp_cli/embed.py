@@ -15,8 +15,8 @@
   identical rerun finds the artifact by its cache key and does nothing. A lock file beside the
   output (`.<out name>.lock`, flock) makes two processes embedding the same dataset take turns:
   the second finds the first's artifact and does nothing.
-* Test hook: with `NLP_TEST_PAUSE=SECONDS` the run pauses after each shard is written
-  (`artifacts.step_done`), so that tests can interrupt it part-way on purpose.
+* `on_shard()` runs after each shard is written (the CLI's test hook pauses there, so that
+  tests can interrupt a run part-way on purpose).
 * Under torchrun / torch.distributed (gloo on CPU, NCCL on GPU), shards are dealt round-robin
   to the ranks; rank 0 waits for all of them and merges.
 """
@@ -35,7 +35,7 @@ import torch
 
 from nlp_cli import artifacts
 from nlp_cli.datasets import Dataset
-from nlp_cli.errors import NlpError
+from nlp_cli.errors import NlpError, UsageError
 
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -53,6 +53,11 @@ class EmbedOptions:
     workers: int = 0
     device: str = "cpu"
     shard_size: int = 1024
+
+    def validate(self) -> None:
+        """Refuse impossible settings in one line."""
+        if self.batch_size < 1 or self.shard_size < 1 or self.workers < 0 or self.views < 0:
+            raise UsageError("--batch-size and --shard-size must be ≥ 1, --workers and --views ≥ 0")
 
     def key_options(self) -> dict[str, Any]:
         """The options that change the artifact (and so enter its cache key)."""
@@ -188,8 +193,10 @@ def encode_shards(
     opts: EmbedOptions,
     work: Path,
     on_progress: Callable[[int, int], None] | None = None,
+    on_shard: Callable[[], None] | None = None,
 ) -> None:
-    """Encode every shard of `ds` this rank owns that is not already in `work`."""
+    """Encode every shard of `ds` this rank owns that is not already in `work`; `on_shard()`
+    runs after each shard is safely on disk."""
     from safetensors.torch import save_file
 
     rank, world = _dist()
@@ -237,7 +244,8 @@ def encode_shards(
             tensors["views"] = torch.cat(views, dim=1)
         with artifacts.atomic_path(_shard_file(work, split, a)) as tmp:
             save_file(tensors, str(tmp))
-        artifacts.step_done()
+        if on_shard is not None:
+            on_shard()
 
 
 def merge_shards(
@@ -278,6 +286,7 @@ def embed(
     opts: EmbedOptions | None = None,
     out: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_shard: Callable[[], None] | None = None,
 ) -> EmbedResult | None:
     """Encode `ds` with CLIP `model` into a features artifact; None on ranks other than 0."""
     from nlp_cli import clip_model
@@ -302,7 +311,7 @@ def embed(
     with artifacts.locked(lock) if rank == 0 else contextlib.nullcontext():
         if world == 1 and artifacts.cached(out, key, "features"):
             return _found(out)
-        return _encode_and_merge(ds, loaded, opts, out, key, options, on_progress)
+        return _encode_and_merge(ds, loaded, opts, out, key, options, on_progress, on_shard)
 
 
 def _found(out: Path) -> EmbedResult:
@@ -319,10 +328,11 @@ def _encode_and_merge(
     key: str,
     options: dict[str, Any],
     on_progress: Callable[[int, int], None] | None,
+    on_shard: Callable[[], None] | None = None,
 ) -> EmbedResult | None:
     rank, world = _dist()
     work = out.parent / f".{out.name}.{key}.work"
-    encode_shards(ds, loaded, opts, work, on_progress)
+    encode_shards(ds, loaded, opts, work, on_progress, on_shard)
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:

@@ -38,6 +38,27 @@ NORM_EPS = 1e-7
 
 
 @dataclass(frozen=True)
+class Knob:
+    """A loss's knob: its default and the interval it must lie in (bounds open or closed)."""
+
+    default: float
+    low: float = -math.inf
+    high: float = math.inf
+    low_closed: bool = False
+    high_closed: bool = False
+
+    def check(self, loss: str, name: str, value: float) -> None:
+        lo_ok = value >= self.low if self.low_closed else value > self.low
+        hi_ok = value <= self.high if self.high_closed else value < self.high
+        if not (lo_ok and hi_ok and math.isfinite(value)):
+            interval = (
+                f"{'[' if self.low_closed else '('}{self.low:g}, "
+                f"{self.high:g}{']' if self.high_closed else ')'}"
+            )
+            raise UsageError(f"loss {loss!r}: knob {name} must lie in {interval}, got {value:g}")
+
+
+@dataclass(frozen=True)
 class LossSpec:
     """A registered loss: its per-sample function, default knobs and what it needs."""
 
@@ -48,31 +69,27 @@ class LossSpec:
     doc: str = ""
     # Which samples count in the batch mean (None: all of them).
     keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    knobs: dict[str, Knob] = field(default_factory=dict)
 
 
 _REGISTRY: Registry[LossSpec] = Registry("loss")
-
-# Valid range of each knob: (low, high, low inclusive, high inclusive).
-_KNOB_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "q": (0.0, 1.0, False, True),
-    "eps": (0.0, 1.0, True, True),
-    "tau": (0.0, math.inf, False, False),
-    "beta": (0.0, 1.0, True, True),
-    "scale": (0.0, math.inf, False, False),
-}
 
 
 def register(
     name: str,
     needs_partition: bool = False,
     keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    **defaults: float,
+    **knobs: Knob | float,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
-    """Decorator adding a per-sample loss function to the registry under `name`."""
+    """Decorator adding a per-sample loss function to the registry under `name`; each keyword
+    is a knob of the loss (a `Knob` with its valid interval, or a plain default)."""
+    specs = {k: v if isinstance(v, Knob) else Knob(float(v)) for k, v in knobs.items()}
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         doc = first_doc_line(fn)
-        _REGISTRY.add(name, LossSpec(name, fn, dict(defaults), needs_partition, doc, keep))
+        defaults = {k: v.default for k, v in specs.items()}
+        spec = LossSpec(name, fn, defaults, needs_partition, doc, keep, specs)
+        _REGISTRY.add(name, spec)
         return fn
 
     return wrap
@@ -86,6 +103,14 @@ def list_losses() -> list[str]:
 def get(name: str) -> LossSpec:
     """The registered loss called `name`; UsageError for an unknown name."""
     return _REGISTRY.get(name)
+
+
+def knob_names() -> list[str]:
+    """Every knob name some registered loss has, in registration order."""
+    names: dict[str, None] = {}
+    for loss in list_losses():
+        names.update(dict.fromkeys(get(loss).knobs))
+    return list(names)
 
 
 def resolve_knobs(name: str, **knobs: Any) -> dict[str, float]:
@@ -103,13 +128,19 @@ def resolve_knobs(name: str, **knobs: Any) -> dict[str, float]:
             value = float(v)
         except (TypeError, ValueError):
             raise UsageError(f"loss {name!r}: knob {k} must be a number, got {v!r}") from None
-        lo, hi, lo_in, hi_in = _KNOB_RANGES[k]
-        ok = (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
-        if not ok:
-            interval = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
-            raise UsageError(f"loss {name!r}: knob {k} must lie in {interval}, got {value:g}")
+        spec.knobs[k].check(name, k, value)
         out[k] = value
     return out
+
+
+def parse_knob(item: str) -> tuple[str | None, str, str]:
+    """`[LOSS.]KNOB=VALUE` → (loss or None, knob, value): the one knob syntax of train,
+    analyze-grad and sweeps."""
+    head, sep, value = item.partition("=")
+    loss, dot, knob = head.rpartition(".")
+    if not sep or not knob or not value.strip() or (dot and not loss):
+        raise UsageError(f"--knob {item!r}: expected [LOSS.]KNOB=VALUE, e.g. gce.q=0.5 or q=0.5")
+    return (loss.strip() or None), knob.strip(), value.strip()
 
 
 def per_sample_loss(
@@ -184,13 +215,13 @@ def ce(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None) -> torch.Te
     return -_pick(F.log_softmax(z, dim=1), y)
 
 
-@register("mae", scale=1.0)
+@register("mae", scale=Knob(1.0, 0.0))
 def mae(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, scale: float) -> torch.Tensor:
     """Mean absolute error scale·(1 − p_y); scale 1 = NLPrompt code, 2 = Σ|onehot − p|."""
     return scale * (1.0 - _pick(F.softmax(z, dim=1), y))
 
 
-@register("gce", q=0.7)
+@register("gce", q=Knob(0.7, 0.0, 1.0, high_closed=True))
 def gce(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, q: float) -> torch.Tensor:
     """Generalised cross-entropy (1 − p_y^q)/q."""
     # p_y^q through exp(q·log p_y) stays finite and differentiable when p_y underflows.
@@ -203,7 +234,7 @@ def dsoftmax(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None) -> to
     return -_pick(F.log_softmax(F.softmax(z, dim=1), dim=1), y)
 
 
-@register("ls", eps=0.2)
+@register("ls", eps=Knob(0.2, 0.0, 1.0, True, True))
 def ls(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, eps: float) -> torch.Tensor:
     """Label smoothing: CE against (1 − ε)·onehot + ε/C."""
     n_cls = z.shape[1]
@@ -212,7 +243,7 @@ def ls(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, eps: float)
     return _soft_ce(F.log_softmax(z, dim=1), target)
 
 
-@register("logitnorm", tau=1.0)
+@register("logitnorm", tau=Knob(1.0, 0.0))
 def logitnorm(
     z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, tau: float
 ) -> torch.Tensor:
@@ -220,7 +251,7 @@ def logitnorm(
     return ce(_l2_normalise(z) / tau, y, clean)
 
 
-@register("logitclip", tau=10.0)
+@register("logitclip", tau=Knob(10.0, 0.0))
 def logitclip(
     z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, tau: float
 ) -> torch.Tensor:
@@ -238,7 +269,7 @@ def nce(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None) -> torch.T
     return _pick(log_p, y) / log_p.sum(dim=1)
 
 
-@register("bootstrap", beta=0.95)
+@register("bootstrap", beta=Knob(0.95, 0.0, 1.0, True, True))
 def bootstrap(
     z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, beta: float
 ) -> torch.Tensor:
@@ -249,7 +280,7 @@ def bootstrap(
     return _soft_ce(log_p, target)
 
 
-@register("square", scale=1.0)
+@register("square", scale=Knob(1.0, 0.0))
 def square(
     z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, scale: float
 ) -> torch.Tensor:

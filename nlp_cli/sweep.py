@@ -1,14 +1,16 @@
 """Sweeps: a YAML grid of datasets × noise settings × methods × seeds, run through the stages.
 
-Every cell runs `corrupt → [purify] → train → eval` with explicit output paths inside the sweep
-folder, so a rerun finds each finished artifact (and each finished cell) and does no work again.
-Under torchrun, cells are dealt round-robin over the ranks.
+Every cell runs `make_labelset → [make_partition] → train_prompts → evaluate` (the library
+stages, called directly) with explicit output paths inside the sweep folder. Each stage checks its
+own cache by the key of its inputs and options, and a cell's metrics record the key of the
+cell's fully resolved options, so a rerun redoes exactly what changed. Under torchrun, cells are
+dealt round-robin over the ranks.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from typing import Any
 import yaml
 
 from nlp_cli import artifacts
-from nlp_cli.errors import NlpError, UsageError
+from nlp_cli.errors import UsageError, did_you_mean
 from nlp_cli.home import nlp_home
 
 NOISE_TYPES = ("none", "sym", "pair", "idn")
@@ -33,10 +35,8 @@ class Noise:
 
     @property
     def slug(self) -> str:
-        return "clean" if self.type == "none" else f"{self.type}{round(100 * self.rate):g}"
-
-    def flags(self) -> list[str]:
-        return [] if self.type == "none" else [f"--{self.type}", f"{self.rate:g}"]
+        # Rates that are not whole percents keep their digits (sym 12.5 % → sym12.5).
+        return "clean" if self.type == "none" else f"{self.type}{round(100 * self.rate, 6):g}"
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,10 @@ def _method(entry: Any) -> Method:
         entry = {"loss": entry}
     if not isinstance(entry, dict) or "loss" not in entry:
         raise UsageError(f"method entry {entry!r} needs a `loss`")
+    keys = ["name", "loss", "purify", "train"]
+    for k in entry:
+        if k not in keys:
+            raise UsageError(f"method entry: unknown key {k!r}{did_you_mean(str(k), keys)}")
     loss = str(entry["loss"])
     losses.get(loss)  # unknown names fail here, with a suggestion
     purify = entry.get("purify", "ot" if loss == "nlprompt" else None)
@@ -170,14 +174,33 @@ def load_grid(path: Path) -> Grid:
     metric = str(raw.get("metric", "last5"))
     if metric not in METRICS:
         raise UsageError(f"{path}: metric must be one of {', '.join(METRICS)}")
-    seeds = raw.get("seeds", [1])
+    seeds = _as_list(raw.get("seeds", [1]))
+    if any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
+        raise UsageError(f"{path}: seeds must be whole numbers, got {seeds}")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"{path}: a seed is listed twice in {seeds}")
+    _check_train(raw.get("train") or {}, f"{path}: train")
+    methods = [_method(m) for m in _as_list(raw["methods"])]
+    names = [m.name for m in methods]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"{path}: two methods are named {twice[0]!r}: give each a `name`")
+    for m in methods:
+        _check_train(dict(m.train), f"{path}: method {m.name!r} train")
+    embed = raw.get("embed") or {}
+    from nlp_cli.embed import EmbedOptions
+
+    fields = list(EmbedOptions.__dataclass_fields__)
+    for k in embed:
+        if k not in fields:
+            raise UsageError(f"{path}: embed: unknown key {k!r}{did_you_mean(str(k), fields)}")
     return Grid(
         name=str(raw.get("name", Path(path).stem)),
         datasets=[str(d) for d in _as_list(raw["datasets"])],
         model=str(raw["model"]),
         noise=[_noise(n) for n in _as_list(raw.get("noise", ["none"]))],
-        methods=[_method(m) for m in _as_list(raw["methods"])],
-        seeds=[int(s) for s in _as_list(seeds)],
+        methods=methods,
+        seeds=[int(s) for s in seeds],
         train=dict(raw.get("train") or {}),
         embed=dict(raw.get("embed") or {}),
         shots=raw.get("shots"),
@@ -187,35 +210,54 @@ def load_grid(path: Path) -> Grid:
     )
 
 
+def _check_train(train: Any, what: str) -> None:
+    """Refuse a `train:` mapping with a key no training option has (with a suggestion)."""
+    from nlp_cli.train import TrainConfig
+
+    if not isinstance(train, dict):
+        raise UsageError(f"{what} must be a mapping of training options")
+    allowed = [*TrainConfig.setting_names(), "protocol", "knob"]
+    for k in train:
+        if k not in allowed:
+            raise UsageError(f"{what}: unknown option {k!r}{did_you_mean(str(k), allowed)}")
+
+
 def _as_list(x: Any) -> list:
     return list(x) if isinstance(x, list | tuple) else [x]
 
 
-def _flags(options: dict[str, Any]) -> list[str]:
-    """{'epochs': 5, 'csc': True, 'ctx_init': 'a photo of a'} → CLI flags."""
-    out: list[str] = []
-    for key, value in options.items():
-        flag = "--" + str(key).replace("_", "-")
-        if value is True:
-            out.append(flag)
-        elif value is False or value is None:
-            continue
-        else:
-            out += [flag, str(value)]
-    return out
+class Stages:
+    """The stages a sweep runs: the library's (tests substitute recording stand-ins)."""
 
+    def download(self, dataset: str) -> Any:
+        from nlp_cli import stages
 
-Runner = Callable[[list[str]], None]
+        return stages.download(dataset)
 
+    def embed(self, dataset: str, model: str, opts: Any, out: Path) -> Any:
+        from nlp_cli import stages
 
-def run_stage(argv: list[str]) -> None:
-    """Run one `nlp` stage in this process; its stdout is swallowed, a failure raises."""
-    from nlp_cli.cli import run
+        return stages.embed(dataset, model, opts, out=out)
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = run(argv)
-    if code != 0:
-        raise NlpError(f"`nlp {' '.join(argv)}` failed (exit {code})")
+    def make_labelset(self, features: Path, opts: Any, out: Path) -> Any:
+        from nlp_cli import stages
+
+        return stages.make_labelset(features, opts, out)
+
+    def make_partition(self, labels: Path, opts: Any, out: Path) -> Any:
+        from nlp_cli import stages
+
+        return stages.make_partition(labels, opts, out)
+
+    def train_prompts(self, inputs: list[Path], opts: Any) -> Any:
+        from nlp_cli import stages
+
+        return stages.train_prompts(inputs, opts)
+
+    def evaluate(self, prompt: Path | None, features: Path | None, device: str) -> dict[str, Any]:
+        from nlp_cli import stages
+
+        return stages.evaluate(prompt, features, device=device, write=False).summary
 
 
 @dataclass
@@ -227,118 +269,123 @@ class SweepResult:
     skipped: int
 
 
-def rank_and_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def features_path(grid: Grid, dataset: str, runner: Runner) -> Path:
+def features_path(grid: Grid, dataset: str, stages: Stages) -> Path:
     """A dataset's feature cache: an existing artifact path as given, else download + embed."""
+    from nlp_cli.embed import EmbedOptions
+
     given = Path(dataset)
     if given.suffix == ".safetensors":
         if not given.exists():
             raise UsageError(f"features {given} do not exist")
         return given
-    folder = grid.folder() / "features"
-    out = folder / f"{dataset}.safetensors"
-    if not out.exists():
-        runner(["download", dataset])
-        runner(["embed", dataset, "--model", grid.model, *_flags(grid.embed), "--out", str(out)])
+    out = grid.folder() / "features" / f"{dataset}.safetensors"
+    stages.download(dataset)
+    stages.embed(dataset, grid.model, EmbedOptions(**grid.embed), out)
     return out
 
 
-def run_cell(
-    grid: Grid,
-    cell: Cell,
-    feats: Path,
-    runner: Runner,
-    device: str,
-    train: list[tuple[Cell, Path, Path]] | None = None,
-) -> dict[str, Any] | None:
-    """corrupt → [purify] → train → eval for one cell; each step skipped when its file exists.
+def train_options(grid: Grid, cell: Cell, prompt: Path, device: str) -> Any:
+    """The TrainOptions of a cell: the grid's `train`, its method's, its loss and seed."""
+    from nlp_cli.stages.train import TrainOptions, split_knobs
 
-    With a `train` list, the cell stops after its inputs are made and queues its training job
-    there (cell, training input, prompt path) instead.
-    """
+    settings = {**grid.train, **dict(cell.method.train)}
+    protocol = settings.pop("protocol", None)
+    plain, per_loss = split_knobs([str(k) for k in _as_list(settings.pop("knob", []))])
+    settings.update(plain, device=device)
+    return TrainOptions(
+        losses=[cell.method.loss],
+        seeds=[cell.seed],
+        protocol=protocol,
+        settings=settings,
+        outs=[prompt],
+        loss_knobs={k: v for k, v in per_loss.items() if k == cell.method.loss},
+    )
+
+
+def cell_key(grid: Grid, cell: Cell, feats: Path) -> str:
+    """What a cell's number depends on: features, noise, shots, purifier, training, metric."""
+    blob = json.dumps(
+        {
+            "features": _digest(str(feats)),
+            "model": grid.model,
+            "embed": grid.embed,
+            "noise": [cell.noise.type, cell.noise.rate],
+            "shots": grid.shots,
+            "seed": cell.seed,
+            "loss": cell.method.loss,
+            "purify": cell.method.purify,
+            "train": {**grid.train, **dict(cell.method.train)},
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _digest(path: str) -> str:
+    """A features file's digest, computed once per file version in this process."""
+    st = os.stat(path)
+    return _digest_of(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of(path: str, mtime_ns: int, size: int) -> str:
+    return artifacts.file_digest(path)
+
+
+def cell_done(grid: Grid, cell: Cell, feats: Path) -> bool:
+    """True when the cell's metrics exist and were made with the cell's current options."""
+    path = grid.metrics_path(cell)
+    try:
+        return json.loads(path.read_text()).get("cell_key") == cell_key(grid, cell, feats)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def cell_inputs(grid: Grid, cell: Cell, feats: Path, stages: Stages) -> tuple[Path, Path]:
+    """The cell's label set (and partition): made or found by their stages; (input, prompt)."""
+    from nlp_cli.stages.corrupt import CorruptOptions
+    from nlp_cli.stages.purify import PurifyOptions
+
     folder = grid.folder()
-    shots = ["--shots", str(grid.shots)] if grid.shots else []
     labels = folder / "labels" / cell.dataset / f"{cell.noise.slug}-seed{cell.seed}.safetensors"
-    if not labels.exists():
-        runner(
-            [
-                "corrupt",
-                str(feats),
-                *cell.noise.flags(),
-                "--seed",
-                str(cell.seed),
-                *shots,
-                "--out",
-                str(labels),
-            ]
-        )
+    rate = None if cell.noise.type == "none" else cell.noise.rate
+    opts = CorruptOptions(kind=cell.noise.type, rate=rate, seed=cell.seed, shots=grid.shots)
+    stages.make_labelset(feats, opts, labels)
     train_input = labels
     if cell.method.purify:
         part = labels.with_name(f"{labels.stem}-{cell.method.purify}.safetensors")
-        if not part.exists():
-            runner(["purify", str(labels), "--method", cell.method.purify, "--out", str(part)])
+        stages.make_partition(labels, PurifyOptions(method=cell.method.purify), part)
         train_input = part
-    prompt = folder / "prompts" / f"{cell.slug}.safetensors"
-    options = {**grid.train, **dict(cell.method.train)}
-    if train is not None:
-        if not prompt.exists():
-            train.append((cell, train_input, prompt))
-        return None
-    if not prompt.exists():
-        runner(
-            [
-                "train",
-                str(train_input),
-                "--loss",
-                cell.method.loss,
-                "--seed",
-                str(cell.seed),
-                *_flags(options),
-                "--device",
-                device,
-                "--out",
-                str(prompt),
-            ]
-        )
-    metrics = grid.metrics_path(cell)
-    if not metrics.exists():
-        runner(["eval", str(prompt), "--device", device, "--out", str(metrics)])
-    return record(cell, json.loads(metrics.read_text()), grid.metric)
+    return train_input, folder / "prompts" / f"{cell.slug}.safetensors"
+
+
+def finish_cell(grid: Grid, cell: Cell, feats: Path, prompt: Path, stages: Stages, device: str):
+    """Evaluate a cell's prompt and write its metrics (with the cell's key); its table record."""
+    metrics = stages.evaluate(prompt, None, device)
+    metrics["cell_key"] = cell_key(grid, cell, feats)
+    artifacts.atomic_write_text(grid.metrics_path(cell), json.dumps(metrics, indent=2) + "\n")
+    return record(cell, metrics, grid.metric)
 
 
 def train_together(
-    grid: Grid, jobs: list[tuple[Cell, Path, Path]], runner: Runner, device: str
+    grid: Grid, jobs: list[tuple[Cell, Path, Path]], stages: Stages, device: str
 ) -> None:
-    """One `nlp train --zip` per group of jobs on one dataset with the same training options:
-    their prompts go through the text encoder together, each equal to its cell trained alone."""
+    """One zipped `train_prompts` per group of jobs on one dataset with the same training
+    options: their prompts go through the text encoder together, each equal to its cell alone."""
     groups: dict[tuple, list[tuple[Cell, Path, Path]]] = {}
     for cell, train_input, prompt in jobs:
         options = {**grid.train, **dict(cell.method.train)}
         key = (cell.dataset, json.dumps(options, sort_keys=True, default=str))
         groups.setdefault(key, []).append((cell, train_input, prompt))
     for group in groups.values():
-        options = {**grid.train, **dict(group[0][0].method.train)}
-        outs: list[str] = []
-        for _, _, prompt in group:
-            outs += ["--out", str(prompt)]
-        runner(
-            [
-                "train",
-                *[str(train_input) for _, train_input, _ in group],
-                "--zip",
-                "--loss",
-                ",".join(cell.method.loss for cell, _, _ in group),
-                "--seed",
-                ",".join(str(cell.seed) for cell, _, _ in group),
-                *_flags(options),
-                "--device",
-                device,
-                *outs,
-            ]
-        )
+        opts = train_options(grid, group[0][0], group[0][2], device)
+        opts.losses = [cell.method.loss for cell, _, _ in group]
+        opts.seeds = [cell.seed for cell, _, _ in group]
+        opts.outs = [prompt for _, _, prompt in group]
+        opts.loss_knobs = {}
+        opts.zip = True
+        stages.train_prompts([train_input for _, train_input, _ in group], opts)
 
 
 def record(cell: Cell, metrics: dict[str, Any], metric: str) -> dict[str, Any]:
@@ -357,51 +404,77 @@ def record(cell: Cell, metrics: dict[str, Any], metric: str) -> dict[str, Any]:
 
 def run_sweep(
     grid: Grid,
-    runner: Runner = run_stage,
+    stages: Stages | None = None,
     device: str = "cpu",
     progress: Callable[[Cell, str], None] | None = None,
     batch: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> SweepResult:
     """Run this rank's share of the grid's unfinished cells and collect every finished cell.
 
     With `batch`, this rank's cells that share a dataset and training options train together
-    (different losses, seeds, label sets): one process, one text-encoder pass per step.
+    (different losses, seeds, label sets): one text-encoder pass per step.
     """
-    rank, world = rank_and_world()
+    stages = stages or Stages()
     folder = grid.folder()
     folder.mkdir(parents=True, exist_ok=True)
-    feats = {name: features_path(grid, src, runner) for name, src in grid.sources().items()}
-    zero_shot: dict[str, float] = {}
+    feats = {name: features_path(grid, src, stages) for name, src in grid.sources().items()}
     ran = skipped = 0
     mine = [c for i, c in enumerate(grid.cells()) if i % world == rank]
-    if batch:
-        jobs: list[tuple[Cell, Path, Path]] = []
+    todo = [c for c in mine if not cell_done(grid, c, feats[c.dataset])]
+    if progress:
         for cell in mine:
-            run_cell(grid, cell, feats[cell.dataset], runner, device, train=jobs)
-        train_together(grid, jobs, runner, device)
-    for cell in mine:
-        done = grid.metrics_path(cell).exists()
+            if cell not in todo:
+                progress(cell, "cached")
+    planned = {c: cell_inputs(grid, c, feats[c.dataset], stages) for c in todo}
+    if batch and todo:
+        jobs = [(c, *planned[c]) for c in todo]
         if progress:
-            progress(cell, "cached" if done else "running")
-        ran += not done
-        skipped += done
-        run_cell(grid, cell, feats[cell.dataset], runner, device)
+            for c in todo:
+                progress(c, "running")
+        train_together(grid, jobs, stages, device)
+    for cell in mine:
+        if cell not in planned:
+            skipped += 1
+            continue
+        ran += 1
+        train_input, prompt = planned[cell]
+        if not batch:
+            if progress:
+                progress(cell, "running")
+            opts = train_options(grid, cell, prompt, device)
+            stages.train_prompts([train_input], opts)
+        finish_cell(grid, cell, feats[cell.dataset], prompt, stages, device)
     if world > 1:
         _barrier()
         if rank != 0:
             return SweepResult(folder, [], {}, ran, skipped)
+    zero_shot: dict[str, float] = {}
     if grid.zero_shot:
         for d, f in feats.items():
-            out = folder / "metrics" / d / "zero-shot.json"
-            if not out.exists():
-                runner(["eval", "--zero-shot", str(f), "--device", device, "--out", str(out)])
-            zero_shot[d] = float(json.loads(out.read_text())["acc1"])
+            zero_shot[d] = _zero_shot(folder / "metrics" / d / "zero-shot.json", f, stages, device)
     records = []
     for cell in grid.cells():
         path = grid.metrics_path(cell)
-        if path.exists():
+        if cell_done(grid, cell, feats[cell.dataset]):
             records.append(record(cell, json.loads(path.read_text()), grid.metric))
     return SweepResult(folder, records, zero_shot, ran, skipped)
+
+
+def _zero_shot(out: Path, feats: Path, stages: Stages, device: str) -> float:
+    """The hand prompt's accuracy on a dataset's features (cached by the features' digest)."""
+    digest = _digest(str(feats))
+    try:
+        found = json.loads(out.read_text())
+        if found.get("features_digest") == digest:
+            return float(found["acc1"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    metrics = stages.evaluate(None, feats, device)
+    metrics["features_digest"] = digest
+    artifacts.atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+    return float(metrics["acc1"])
 
 
 def _barrier() -> None:

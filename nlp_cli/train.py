@@ -1,10 +1,12 @@
 """The prompt-learning loop: CoOp context vectors trained on cached image features.
 
-The library never prints: progress goes through the `on_epoch` callback. A run is
-deterministic on CPU for a given seed: the context init, the batch order and the augmented
-view of every sample in every epoch come from generators seeded by (seed, epoch), so a run
-resumed from its checkpoint ends with the same `ctx`, bit for bit, as an uninterrupted one.
-After each epoch's checkpoint, `artifacts.step_done()` runs (the NLP_TEST_PAUSE test hook).
+The loop is one screen (`train_many`); what differs between methods lives in
+`nlp_cli.methods` (hooks before each epoch and per batch), the losses in `nlp_cli.losses`,
+checkpoints and CoOp interop in `nlp_cli.checkpoints`. The library never prints: progress goes
+through the `on_epoch` callback, and `on_checkpoint` runs after each epoch's checkpoint is on
+disk. A run is deterministic on CPU for a given seed: the context init, the batch order and the
+augmented view of every sample in every epoch come from generators seeded by (seed, epoch), so
+a run resumed from its checkpoint ends with the same `ctx`, bit for bit, as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,25 +20,30 @@ from typing import Any
 
 import torch
 
-from nlp_cli import artifacts, clip_model, joapr, losses
-from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
-from nlp_cli.prompt import POSITIONS, PromptLearner, learner_from_artifact, text_features_many
+from nlp_cli import clip_model, losses, methods
+from nlp_cli.checkpoints import (  # noqa: F401  (re-exported: the old home of these)
+    export_coop,
+    import_coop,
+    load_checkpoint,
+    save_checkpoint,
+)
+from nlp_cli.data import TrainData, load_data  # noqa: F401  (re-exported)
+from nlp_cli.errors import ArtifactError, UsageError, did_you_mean
+from nlp_cli.prompt import POSITIONS, PromptLearner, text_features_many
 
 TARGETS = ("labels", "zero-shot")
 REPURIFY = ("none", "epoch")
-METHODS = ("standard", "joapr")
-JOAPR_OPTIONS = (
-    "joapr_warmup",
-    "joapr_alpha",
-    "joapr_threshold",
-    "joapr_temperature",
-    "joapr_prior",
-)
+METHODS = ("standard", "joapr")  # the values of --method (nlprompt follows from --loss nlprompt)
 
 
 @dataclass
 class TrainConfig:
-    """Every option of a training run (the keys of `--config FILE.yaml`)."""
+    """Every option of a training run (the keys of `--config FILE.yaml`).
+
+    `knobs` holds the loss's knobs that were set (q, eps, tau, beta, scale, or whatever a loss
+    registers); the other fields are the loop's. A knob may also be given by name to
+    `make_config` and in config files (`q: 0.5`).
+    """
 
     loss: str = "ce"
     epochs: int = 50
@@ -54,13 +61,9 @@ class TrainConfig:
     class_token_position: str = "end"
     targets: str = "labels"
     repurify: str = "none"
-    q: float | None = None
-    eps: float | None = None
-    tau: float | None = None
-    beta: float | None = None
-    scale: float | None = None
-    # JoAPR (joapr.py): CE warm-up epochs, mixup's Beta(α, α), the clean threshold on the GMM
-    # posterior, the targets' sharpening temperature and the class-balance penalty's weight.
+    knobs: dict[str, float] = field(default_factory=dict)
+    # JoAPR (methods/joapr.py): CE warm-up epochs, mixup's Beta(α, α), the clean threshold on
+    # the GMM posterior, the targets' sharpening temperature and the class-balance penalty.
     method: str = "standard"
     joapr_warmup: int = 1
     joapr_alpha: float = 4.0
@@ -68,28 +71,45 @@ class TrainConfig:
     joapr_temperature: float = 0.5
     joapr_prior: float = 1.0
 
+    @staticmethod
+    def setting_names() -> list[str]:
+        """What a config file may set: the fields (but `knobs`) and every loss knob by name."""
+        names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "knobs"]
+        return names + [k for k in losses.knob_names() if k not in names]
+
+    @property
+    def effective_method(self) -> str:
+        """The method that runs: --method, or nlprompt for the nlprompt loss."""
+        if self.method == "standard" and self.loss == "nlprompt":
+            return "nlprompt"
+        return self.method
+
     def options(self) -> dict[str, Any]:
-        """The settings that define the run (JoAPR's only when it is the method)."""
-        out = dataclasses.asdict(self)
+        """The settings that define the run (a method's own only when it is the method)."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "knobs"}
+        # Knobs are recorded by name, each registered one present (None = the loss's default).
+        out.update({k: self.knobs.get(k) for k in losses.knob_names()})
         if self.method == "standard":
-            for name in ("method", *JOAPR_OPTIONS):
-                out.pop(name)
+            out.pop("method")
+        for name in methods.list_methods():
+            if name != self.method:
+                for setting in methods.get(name).settings:
+                    out.pop(setting, None)
         return out
 
-    def knobs(self) -> dict[str, float]:
+    def loss_knobs(self) -> dict[str, float]:
         """The loss's knobs: its defaults overridden by the ones set here."""
         spec = losses.get(self.loss)
-        given = {k: getattr(self, k) for k in ("q", "eps", "tau", "beta", "scale")}
-        unused = [k for k, v in given.items() if v is not None and k not in spec.defaults]
+        unused = [k for k in self.knobs if k not in spec.defaults]
         if unused:
             have = ", ".join(spec.defaults) or "none"
             raise UsageError(f"loss {self.loss!r} has no knob {unused[0]!r} (its knobs: {have})")
-        return losses.resolve_knobs(self.loss, **{k: v for k, v in given.items() if v is not None})
+        return losses.resolve_knobs(self.loss, **self.knobs)
 
     def validate(self) -> None:
         """Refuse impossible settings in one line."""
         losses.get(self.loss)
-        self.knobs()
+        self.loss_knobs()
         if self.epochs < 1 or self.batch_size < 1 or self.n_ctx < 1:
             raise UsageError("--epochs, --batch-size and --n-ctx must be at least 1")
         if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.warmup_lr < 0:
@@ -109,17 +129,7 @@ class TrainConfig:
                 f"unknown method {self.method!r}{did_you_mean(self.method, list(METHODS))}: "
                 f"choose from {', '.join(METHODS)}"
             )
-        if self.method == "joapr":
-            if self.loss != "ce":
-                raise UsageError(
-                    f"--method joapr trains with cross-entropy: drop --loss {self.loss}"
-                )
-            if not 0 <= self.joapr_warmup < self.epochs:
-                raise UsageError("--joapr-warmup must lie in [0, epochs)")
-            if self.joapr_alpha <= 0 or not 0 <= self.joapr_threshold < 1:
-                raise UsageError("--joapr-alpha must be positive and --joapr-threshold in [0, 1)")
-            if self.joapr_temperature <= 0 or self.joapr_prior < 0:
-                raise UsageError("--joapr-temperature must be positive and --joapr-prior ≥ 0")
+        methods.get(self.effective_method).validate(self)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of a (0-based) epoch: constant warm-up, then cosine from lr to 0."""
@@ -168,48 +178,20 @@ def make_config(protocol: str | None = None, **options: Any) -> TrainConfig:
             )
         base.update(PROTOCOLS[protocol])
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = [k for k in options if k not in names]
+    knob_names = set(losses.knob_names())
+    unknown = [k for k in options if k not in names and k not in knob_names]
     if unknown:
-        raise UsageError(f"unknown training option {unknown[0]!r}")
+        hint = did_you_mean(unknown[0], sorted(names | knob_names))
+        raise UsageError(f"unknown training option {unknown[0]!r}{hint}")
+    knobs = dict(options.pop("knobs", None) or {})
+    for k in [k for k in options if k in knob_names and k not in names]:
+        value = options.pop(k)
+        if value is not None:
+            knobs[k] = value
     base.update({k: v for k, v in options.items() if v is not None})
-    config = TrainConfig(**base)
+    config = TrainConfig(**base, knobs=knobs)
     config.validate()
     return config
-
-
-@dataclass
-class TrainData:
-    """What a run trains on: the train samples' features, given and true labels, a partition."""
-
-    features: artifacts.Artifact
-    source: artifacts.Artifact
-    index: torch.Tensor
-    labels: torch.Tensor
-    true_labels: torch.Tensor
-    clean: torch.Tensor | None
-
-    @property
-    def classnames(self) -> list[str]:
-        return self.features.classnames
-
-
-def load_data(path: Path | str) -> TrainData:
-    """A features artifact (its clean train labels), a label set or a partition."""
-    art = artifacts.load(path, ("features", "labelset", "partition"))
-    if art.kind == "features":
-        labels = art.tensors["train.labels"].long()
-        index = torch.arange(len(labels))
-        return TrainData(art, art, index, labels, labels.clone(), None)
-    feats = artifacts.load_upstream(art, "features", "features")
-    artifacts.check_compatible(art, feats, f"{art.path} and its features {feats.path}")
-    index = art.tensors["index"].long()
-    n_train = feats.tensors["train.features"].shape[0]
-    if len(index) and (int(index.min()) < 0 or int(index.max()) >= n_train):
-        raise ArtifactError(f"{art.path}: its index points outside {feats.path}'s train split")
-    clean = art.tensors["clean"].bool() if art.kind == "partition" else None
-    return TrainData(
-        feats, art, index, art.tensors["labels"].long(), art.tensors["true_labels"].long(), clean
-    )
 
 
 @dataclass
@@ -233,22 +215,6 @@ def _mean(values: list[torch.Tensor]) -> float | None:
         return None
     v = torch.cat(values)
     return float(v.double().mean()) if v.numel() else None
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a resumable checkpoint atomically."""
-    with artifacts.atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by save_checkpoint."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ArtifactError(
-            f"{path} is not a readable training checkpoint: delete it to start over"
-        ) from e
 
 
 def train_prompt(
@@ -287,8 +253,12 @@ def train_prompt(
 BATCHED_ALIKE = ("device", "n_ctx", "ctx_init", "csc", "class_token_position")
 
 
-class _Run:
-    """One run's data, prompt, optimiser and epoch state inside train_many."""
+class RunState:
+    """One run inside train_many: its data on the device, prompt, optimiser and epoch state.
+
+    Methods (nlp_cli.methods) read and set `epoch_clean` (this epoch's partition), `state`
+    (their own per-epoch values) and call `record` for the history's per-sample losses.
+    """
 
     def __init__(
         self,
@@ -300,13 +270,10 @@ class _Run:
         hand: Callable[[], torch.Tensor],
     ) -> None:
         self.config = config
+        self.method = methods.get(config.effective_method)
+        self.method.check_data(config, data)
         self.spec = losses.get(config.loss)
-        if self.spec.needs_partition and data.clean is None and config.repurify != "epoch":
-            raise UsageError(
-                f"loss {config.loss!r} needs a clean/noisy partition: pipe the label set through "
-                "`nlp purify` first, or pass --repurify epoch"
-            )
-        self.knobs = config.knobs()
+        self.knobs = config.loss_knobs()
         feats = data.features.tensors
         self.train = _normalise(feats["train.features"][data.index]).to(device)
         views = feats.get("train.views")
@@ -339,6 +306,15 @@ class _Run:
         self.steps = -(-self.n // config.batch_size)
         self.history: list[dict[str, Any]] = []
         self.start = 0
+        self.step = 0
+        self.state: dict[str, Any] = {}
+        self.key: str | None = None
+
+    normalise = staticmethod(_normalise)
+
+    def logits(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine logits of normalised image features `x` against class text features."""
+        return self.scale * x @ _normalise(text).T
 
     def init_from(self, ctx: torch.Tensor) -> None:
         if tuple(ctx.shape) != tuple(self.learner.ctx.shape):
@@ -358,15 +334,21 @@ class _Run:
             self.history = list(state["history"])
             self.start = int(state["epoch"])
 
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        """What resume_from needs to continue after `epoch` epochs."""
+        return {
+            "key": self.key,
+            "epoch": epoch,
+            "ctx": self.learner.ctx.detach().cpu(),
+            "optim": self.optim.state_dict(),
+            "history": self.history,
+        }
+
     def active(self, epoch: int) -> bool:
         return self.start <= epoch < self.config.epochs
 
-    def joapr_active(self, epoch: int) -> bool:
-        return self.config.method == "joapr" and epoch >= self.config.joapr_warmup
-
-    def begin_epoch(
-        self, epoch: int, clean_now: torch.Tensor | None, soft: torch.Tensor | None = None
-    ) -> None:
+    def begin_epoch(self, epoch: int) -> None:
+        """This epoch's lr, sample order and augmented views; the given partition."""
         self.lr = self.config.lr_at(epoch)
         for group in self.optim.param_groups:
             group["lr"] = self.lr
@@ -376,50 +358,22 @@ class _Run:
         if self.views is not None:
             pick = torch.randint(self.views.shape[0], (self.n,), generator=g)
             self.x_epoch = _normalise(self.views[pick, torch.arange(self.n)]).to(self.device)
-        self.epoch_clean = clean_now if clean_now is not None else self.clean
-        self.soft = soft
-        if soft is not None:
-            self.lams = joapr.mix_lambdas(
-                self.config.joapr_alpha, self.steps, self.config.seed, epoch
-            )
-            self.mix_g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch + 7)
+        self.epoch_clean = self.clean
         self.per_clean: list[torch.Tensor] = []
         self.per_noisy: list[torch.Tensor] = []
         self.batch_losses: list[torch.Tensor] = []
 
     def batch_loss(self, step: int, text: torch.Tensor) -> torch.Tensor:
         bs = self.config.batch_size
-        idx = self.order[step * bs : (step + 1) * bs]
-        if self.soft is not None:
-            return self._joapr_batch(step, idx, text)
-        logits = self.scale * self.x_epoch[idx] @ _normalise(text).T
-        y = self.targets[idx]
-        part = self.epoch_clean[idx] if self.epoch_clean is not None else None
-        per = losses.per_sample_loss(self.config.loss, logits, y, part, **self.knobs)
-        if self.spec.keep is None:
-            loss = per.mean()
-        else:
-            loss = per.sum() / self.spec.keep(logits.detach(), y).sum().clamp(min=1)
-        per = per.detach()
-        self.per_clean.append(per[self.correct[idx]].cpu())
-        self.per_noisy.append(per[~self.correct[idx]].cpu())
-        self.batch_losses.append(loss.detach())
-        return loss
+        self.step = step
+        return self.method.batch_loss(self, self.order[step * bs : (step + 1) * bs], text)
 
-    def _joapr_batch(self, step: int, idx: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        perm = torch.randperm(len(idx), generator=self.mix_g).to(self.device)
-        x, t = joapr.mixup(self.x_epoch[idx], self.soft[idx], self.lams[step], perm)
-        logits = self.scale * x @ _normalise(text).T
-        per = joapr.soft_ce(logits, t)
-        loss = per.mean()
-        if self.config.joapr_prior:
-            loss = loss + self.config.joapr_prior * joapr.prior_penalty(logits)
-        # λ ≥ 1/2: a mixed sample's loss is counted with the sample it mostly is.
+    def record(self, idx: torch.Tensor, per: torch.Tensor, loss: torch.Tensor) -> None:
+        """Keep a batch's per-sample losses (split by whether the label is right) and its loss."""
         per = per.detach()
         self.per_clean.append(per[self.correct[idx]].cpu())
         self.per_noisy.append(per[~self.correct[idx]].cpu())
         self.batch_losses.append(loss.detach())
-        return loss
 
     def end_epoch(self, epoch: int, test_acc: float) -> dict[str, Any]:
         losses_ = [float(v) for v in self.batch_losses]
@@ -485,16 +439,56 @@ def train_many(
     run_keys: list[str | None] | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     inspect: Callable[[int, int, PromptLearner], None] | None = None,
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> list[TrainResult]:
     """Train R prompts over the same features at once; result r equals train_prompt's for run r.
 
-    Runs may differ in loss, seed, label set or partition, learning-rate schedule, epochs and
-    batch size; they must share the features, the device and the prompt layout. Every step
-    encodes the prompts of all runs that still have a batch in one text-encoder pass
+    Runs may differ in loss, method, seed, label set or partition, learning-rate schedule,
+    epochs and batch size; they must share the features, the device and the prompt layout.
+    Every step encodes the prompts of all runs that still have a batch in one text-encoder pass
     (prompt.text_features_many) and backpropagates the sum of their losses: run r's ctx gets
     run r's gradient alone. `on_epoch(r, record)` and `inspect(r, epoch, learner)` are called
-    as run r finishes an epoch.
+    as run r finishes an epoch, `on_checkpoint()` after its checkpoint is written.
     """
+    runs, model, scale, test_x, test_y = _setup(
+        datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys
+    )
+    checkpoints = list(checkpoints or [None] * len(runs))
+    for epoch in range(min(r.start for r in runs), max(c.epochs for c in configs)):
+        active = [r for r in runs if r.active(epoch)]
+        if not active:
+            continue
+        for r in active:
+            r.begin_epoch(epoch)
+        for name in dict.fromkeys(r.config.effective_method for r in active):
+            same = [r for r in active if r.config.effective_method == name]
+            same[0].method.before_epoch(model, same, epoch, scale)
+        for step in range(max((r.steps for r in active), default=0)):
+            stepping = [r for r in active if step < r.steps]
+            texts = text_features_many(model, [r.learner for r in stepping])
+            total = sum(r.batch_loss(step, t) for r, t in zip(stepping, texts, strict=True))
+            for r in stepping:
+                r.optim.zero_grad(set_to_none=True)
+            total.backward()
+            for r in stepping:
+                r.optim.step()
+        accs = accuracies(model, [r.learner for r in active], test_x, test_y)
+        for r, acc in zip(active, accs, strict=True):
+            record = r.end_epoch(epoch, acc)
+            i = runs.index(r)
+            if checkpoints[i] is not None:
+                save_checkpoint(checkpoints[i], r.checkpoint_state(epoch + 1))
+                if on_checkpoint is not None:
+                    on_checkpoint()
+            if on_epoch is not None:
+                on_epoch(i, record)
+            if inspect is not None:
+                inspect(i, epoch + 1, r.learner)
+    return [r.result(c) for r, c in zip(runs, configs, strict=True)]
+
+
+def _setup(datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys):
+    """The runs (initialised or resumed), the frozen model, and the test split on the device."""
     configs = list(configs)
     for c in configs:
         c.validate()
@@ -510,7 +504,6 @@ def train_many(
     model = loaded.model
     for p in model.parameters():
         p.requires_grad_(False)
-    scale = loaded.logit_scale
     classnames = datas[0].classnames
     test_x = _normalise(datas[0].features.tensors["test.features"]).to(device)
     test_y = datas[0].features.tensors["test.labels"].long().to(device)
@@ -526,59 +519,14 @@ def train_many(
     runs = []
     per_run = zip(datas, configs, init_ctxs, checkpoints, run_keys, strict=True)
     for data, config, ctx, ckpt, key in per_run:
-        run = _Run(data, config, model, scale, device, hand)
+        run = RunState(data, config, model, loaded.logit_scale, device, hand)
+        run.key = key
         if ctx is not None:
             run.init_from(ctx)
         if resume and ckpt is not None and ckpt.exists():
             run.resume_from(ckpt, key)
         runs.append(run)
-
-    first_epoch = min(r.start for r in runs)
-    for epoch in range(first_epoch, max(c.epochs for c in configs)):
-        active = [r for r in runs if r.active(epoch)]
-        if not active:
-            continue
-        repurify = [r for r in active if r.config.repurify == "epoch"]
-        cleans = _repurify_many(model, repurify, scale) if repurify else {}
-        refurbishing = [r for r in active if r.joapr_active(epoch)]
-        softs = _joapr_many(model, refurbishing, scale) if refurbishing else {}
-        cleans |= {k: v[1] for k, v in softs.items()}
-        for r in active:
-            soft = softs[id(r)][0] if id(r) in softs else None
-            r.begin_epoch(epoch, cleans.get(id(r)), soft)
-        for step in range(max(r.steps for r in active)):
-            stepping = [r for r in active if step < r.steps]
-            texts = text_features_many(model, [r.learner for r in stepping])
-            total = None
-            for r, text in zip(stepping, texts, strict=True):
-                loss = r.batch_loss(step, text)
-                total = loss if total is None else total + loss
-            for r in stepping:
-                r.optim.zero_grad(set_to_none=True)
-            total.backward()
-            for r in stepping:
-                r.optim.step()
-        accs = accuracies(model, [r.learner for r in active], test_x, test_y)
-        for r, acc in zip(active, accs, strict=True):
-            record = r.end_epoch(epoch, acc)
-            i = runs.index(r)
-            if checkpoints[i] is not None:
-                save_checkpoint(
-                    checkpoints[i],
-                    {
-                        "key": run_keys[i],
-                        "epoch": epoch + 1,
-                        "ctx": r.learner.ctx.detach().cpu(),
-                        "optim": r.optim.state_dict(),
-                        "history": r.history,
-                    },
-                )
-                artifacts.step_done()
-            if on_epoch is not None:
-                on_epoch(i, record)
-            if inspect is not None:
-                inspect(i, epoch + 1, r.learner)
-    return [r.result(c) for r, c in zip(runs, configs, strict=True)]
+    return runs, model, loaded.logit_scale, test_x, test_y
 
 
 @torch.no_grad()
@@ -596,72 +544,3 @@ def accuracies(
     if not len(y):
         return [0.0] * len(learners)
     return [float(((x @ _normalise(t).T).argmax(dim=1) == y).float().mean()) for t in texts]
-
-
-@torch.no_grad()
-def _repurify_many(model: Any, runs: list[_Run], scale: float) -> dict[int, torch.Tensor]:
-    """PromptOT's clean mask for each run, with its current prompt (one encoder pass)."""
-    try:
-        from nlp_cli.purify import promptot
-    except ImportError as e:
-        raise NlpError("--repurify epoch needs PromptOT (nlp_cli.purify), not installed") from e
-    texts = text_features_many(model, [r.learner for r in runs])
-    out = {}
-    for r, t in zip(runs, texts, strict=True):
-        result = promptot(r.train, _normalise(t), r.given, scale, reg=0.01)
-        out[id(r)] = torch.as_tensor(result.clean, dtype=torch.bool, device=r.given.device)
-    return out
-
-
-@torch.no_grad()
-def _joapr_many(
-    model: Any, runs: list[_Run], scale: float
-) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """JoAPR's refurbished targets and clean mask for each run, with its current prompt."""
-    texts = text_features_many(model, [r.learner for r in runs])
-    out = {}
-    for r, t in zip(runs, texts, strict=True):
-        logits = scale * r.train @ _normalise(t).T
-        w = joapr.partition(logits, r.targets)
-        c = r.config
-        soft = joapr.refurbish(r.targets, logits.float().softmax(dim=1), w, c.joapr_temperature)
-        out[id(r)] = (soft, w > c.joapr_threshold)
-    return out
-
-
-def import_coop(path: Path | str) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The `ctx` of a CoOp/NLPrompt (Dassl) prompt-learner checkpoint, and its other fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ArtifactError(f"{path} is not a readable PyTorch checkpoint") from e
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or "ctx" not in state:
-        raise ArtifactError(f"{path} holds no prompt learner: its state dict has no 'ctx'")
-    extra = {k: v for k, v in obj.items() if k in ("epoch",)} if isinstance(obj, dict) else {}
-    return state["ctx"].float(), extra
-
-
-def export_coop(
-    path: Path | str, model: Any, prompt: artifacts.Artifact, epoch: int | None = None
-) -> Path:
-    """Write a prompt artifact as a Dassl checkpoint CoOp/NLPrompt load (`model.pth.tar-N`)."""
-    learner = learner_from_artifact(model, prompt)
-    history = prompt.meta.get("history") or []
-    state = {
-        "state_dict": {
-            "ctx": learner.ctx.detach().cpu().clone(),
-            "token_prefix": learner.token_prefix.cpu().clone(),
-            "token_suffix": learner.token_suffix.cpu().clone(),
-        },
-        "epoch": int(epoch if epoch is not None else len(history)),
-        "optimizer": None,
-        "scheduler": None,
-    }
-    path = Path(path)
-    with artifacts.atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path

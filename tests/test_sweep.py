@@ -29,21 +29,34 @@ def grid_file(tmp_path):
     return path
 
 
-class FakeStages:
-    """Stands in for the stages: records each call and writes the file its --out names."""
+class FakeStages(sweep.Stages):
+    """Stands in for the library stages: records each call (stage, inputs, options, outputs)
+    and writes the files it names; evaluation returns made-up accuracies."""
 
     def __init__(self):
-        self.calls: list[list[str]] = []
+        self.calls: list[tuple] = []
 
-    def __call__(self, argv):
-        self.calls.append(argv)
-        out = Path(argv[argv.index("--out") + 1])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if argv[0] == "eval":
-            acc = 0.25 if "--zero-shot" in argv else 0.5 + 0.01 * len(self.calls)
-            out.write_text(json.dumps({"acc1": acc, "last5_mean_acc": acc - 0.01}))
-        else:
-            out.write_text(" ".join(argv))
+    def _write(self, out, text):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+
+    def make_labelset(self, features, opts, out):
+        self.calls.append(("corrupt", features, opts, out))
+        self._write(out, repr(opts))
+
+    def make_partition(self, labels, opts, out):
+        self.calls.append(("purify", labels, opts, out))
+        self._write(out, repr(opts))
+
+    def train_prompts(self, inputs, opts):
+        self.calls.append(("train", inputs, opts, opts.outs))
+        for out in opts.outs:
+            self._write(out, repr(opts))
+
+    def evaluate(self, prompt, features, device):
+        self.calls.append(("eval", prompt, features, None))
+        acc = 0.25 if prompt is None else 0.5 + 0.01 * len(self.calls)
+        return {"acc1": acc, "last5_mean_acc": acc - 0.01}
 
 
 def test_grid_cells_and_method_defaults(grid_file):
@@ -58,38 +71,47 @@ def test_grid_cells_and_method_defaults(grid_file):
 def test_sweep_runs_every_stage_once_and_reruns_nothing(grid_file, monkeypatch):
     grid = sweep.load_grid(grid_file)
     stages = FakeStages()
-    first = sweep.run_sweep(grid, runner=stages)
+    first = sweep.run_sweep(grid, stages=stages)
     by_stage = {s: sum(c[0] == s for c in stages.calls) for s in ("corrupt", "purify", "train")}
-    # label sets are shared by methods: one per noise setting and seed
-    assert by_stage == {"corrupt": 4, "purify": 4, "train": 12}
+    # one label set per cell, made by the stage (which finds it cached when methods share it)
+    assert by_stage == {"corrupt": 12, "purify": 4, "train": 12}
+    assert len({c[3] for c in stages.calls if c[0] == "corrupt"}) == 4
     assert first.ran == 12 and len(first.records) == 12
     assert first.zero_shot == {"feats": 0.25}
-    train = next(c for c in stages.calls if c[0] == "train" and "dsoftmax" in c)
-    assert train[train.index("--epochs") + 1] == "3" and "--batch-size" in train
-    nlp_train = next(c for c in stages.calls if c[0] == "train" and "nlprompt" in c)
-    assert "-ot.safetensors" in nlp_train[1]
+    train = next(c for c in stages.calls if c[0] == "train" and c[2].losses == ["dsoftmax"])
+    assert train[2].settings["epochs"] == 3 and train[2].settings["batch_size"] == 8
+    nlp_train = next(c for c in stages.calls if c[0] == "train" and c[2].losses == ["nlprompt"])
+    assert nlp_train[1][0].name.endswith("-ot.safetensors")
 
     stages.calls.clear()
-    again = sweep.run_sweep(grid, runner=stages)
+    again = sweep.run_sweep(grid, stages=stages)
     assert stages.calls == [] and again.skipped == 12 and again.records == first.records
+
+
+def test_changed_options_rerun_the_cells(grid_file):
+    grid = sweep.load_grid(grid_file)
+    stages = FakeStages()
+    sweep.run_sweep(grid, stages=stages)
+    grid.train = {**grid.train, "epochs": 4}
+    stages.calls.clear()
+    again = sweep.run_sweep(grid, stages=stages)
+    assert again.ran == 12 and sum(c[0] == "train" for c in stages.calls) == 12
 
 
 def test_ranks_share_the_cells_without_overlap(grid_file, monkeypatch):
     grid = sweep.load_grid(grid_file)
     seen = []
     for rank in (0, 1, 2):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", "3")
         monkeypatch.setattr(sweep, "_barrier", lambda: None)
         stages = FakeStages()
-        sweep.run_sweep(grid, runner=stages)
-        seen += [c[-1] for c in stages.calls if c[0] == "train"]
+        sweep.run_sweep(grid, stages=stages, rank=rank, world=3)
+        seen += [c[3][0] for c in stages.calls if c[0] == "train"]
     assert len(seen) == 12 and len(set(seen)) == 12
 
 
 def test_tables_written_in_paper_shape(grid_file):
     grid = sweep.load_grid(grid_file)
-    result = sweep.run_sweep(grid, runner=FakeStages())
+    result = sweep.run_sweep(grid, stages=FakeStages())
     paths = sweep.write_tables(result, grid, plot=False)
     md = paths["markdown"].read_text()
     assert "| Method | Sym 40% | Pair 20% |" in md
@@ -113,6 +135,11 @@ def test_last_epoch_metric_reads_acc1():
         ("datasets: [x]\nmodel: m\nmethods: [ce]\nnoise: [{sym: 1.2}]", "outside"),
         ("datasets: [x]\nmodel: m\nmethods: [ce]\nnoise: [{gauss: 0.2}]", "unknown"),
         ("datasets: [x]\nmodel: m\nmethods: [ce]\nepochs: 3", "unknown key"),
+        ("datasets: [x]\nmodel: m\nmethods: [ce]\ntrain: {protocl: dspt}", "did you mean"),
+        ("datasets: [x]\nmodel: m\nmethods: [{loss: ce, trian: {}}]", "unknown key 'trian'"),
+        ("datasets: [x]\nmodel: m\nmethods: [ce, ce]", "named 'ce'"),
+        ("datasets: [x]\nmodel: m\nmethods: [ce]\nseeds: [1.7]", "whole numbers"),
+        ("datasets: [x]\nmodel: m\nmethods: [ce]\nseeds: [1, 1]", "listed twice"),
         ("datasets: [x]\nmethods: [ce]", "`model` is required"),
         ("datasets: [x\n", "not valid YAML"),
     ],
@@ -174,18 +201,19 @@ def test_batched_sweep_equals_cell_by_cell(tmp_path, features):
         "methods: [ce, {name: DSPT, loss: dsoftmax}]\nseeds: [1, 2]\n"
         "train: {epochs: 2, batch_size: 16, n_ctx: 4}\n"
     )
-    calls: list[list[str]] = []
+    calls: list[list] = []
 
-    def counting(argv):
-        calls.append(argv)
-        sweep.run_stage(argv)
+    class Counting(sweep.Stages):
+        def train_prompts(self, inputs, opts):
+            calls.append(inputs)
+            return super().train_prompts(inputs, opts)
 
     g = sweep.load_grid(grid)
     g.out = tmp_path / "batched"
-    batched = sweep.run_sweep(g, runner=counting, batch=True)
-    assert sum(c[0] == "train" for c in calls) == 1
+    batched = sweep.run_sweep(g, stages=Counting(), batch=True)
+    assert len(calls) == 1
     g.out = tmp_path / "single"
-    single = sweep.run_sweep(g, runner=sweep.run_stage, batch=False)
+    single = sweep.run_sweep(g, batch=False)
     assert batched.records == single.records and len(single.records) == 8
     for cell in g.cells():
         a = artifacts.load(tmp_path / "batched" / "prompts" / f"{cell.slug}.safetensors")

@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from nlp_cli import analysis, artifacts, losses
+from nlp_cli import analysis
 from nlp_cli.cli import output
-from nlp_cli.errors import ArtifactError, UsageError
+from nlp_cli.cli.common import show
 
 BAR_WIDTH = 20
-
-
-def parse_losses(spec: str) -> list[str]:
-    """Comma-separated loss names, checked against the registry, duplicates removed."""
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
-        raise UsageError("--loss needs at least one loss name")
-    for n in names:
-        losses.get(n)
-    return list(dict.fromkeys(names))
-
-
-def parse_knobs(items: list[str], names: list[str]) -> dict[str, dict[str, float]]:
-    """`LOSS.KNOB=VALUE` settings, checked against each loss's knobs."""
-    knobs: dict[str, dict[str, Any]] = {}
-    for item in items:
-        head, sep, value = item.partition("=")
-        loss, dot, knob = head.partition(".")
-        if not sep or not dot or not knob or not value:
-            raise UsageError(f"--knob {item!r}: expected LOSS.KNOB=VALUE, e.g. gce.q=0.5")
-        if loss not in names:
-            raise UsageError(f"--knob {item!r}: {loss!r} is not among the --loss names")
-        knobs.setdefault(loss, {})[knob] = value
-    return {n: losses.resolve_knobs(n, **knobs.get(n, {})) for n in names}
 
 
 def _fmt(x: float | int | None) -> str:
@@ -116,7 +91,9 @@ def register(app: typer.Typer) -> None:
             None, "--prompt", help="A trained prompt file (default: the hand prompt)."
         ),
         knob: list[str] = typer.Option(
-            [], "--knob", help="Override a loss knob, LOSS.KNOB=VALUE (repeatable), e.g. gce.q=0.5."
+            [],
+            "--knob",
+            help="Override a loss knob, [LOSS.]KNOB=VALUE (repeatable), e.g. gce.q=0.5.",
         ),
         model: str | None = typer.Option(
             None, "--model", help="CLIP model name or checkpoint (default: the features' model)."
@@ -139,73 +116,29 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Gradient mass Σ|∂L/∂z| of each loss on correctly vs wrongly labelled samples."""
-        names = parse_losses(loss)
-        knobs = parse_knobs(knob, names)
+        from nlp_cli.stages.analyze import AnalyzeOptions, analyze_gradients
+
+        opts = AnalyzeOptions(
+            losses=loss.split(","), knobs=knob, prompt=prompt, model=model, epochs=epochs, seed=seed
+        )
+        opts.resolved()
         if plot is not None:
             analysis.require_matplotlib()
         path = output.input_path(labels, "label set")
-        kind = artifacts.read_meta(path).get("kind")
-        if kind not in artifacts.KINDS:
-            raise ArtifactError(f"{path} is a safetensors file but not an nlp artifact (no kind)")
-        if kind not in ("labelset", "partition"):
-            raise UsageError(
-                f"{path} is a {kind} artifact, but a labelset or partition is expected"
-            )
-        needing = [n for n in names if losses.get(n).needs_partition]
-        if needing and kind != "partition":
-            raise UsageError(
-                f"loss {needing[0]} needs a clean/noisy partition: pipe the label set through "
-                "`nlp purify` first"
-            )
-        if epochs and prompt is not None:
-            raise UsageError("--epochs trains from a fresh prompt: it cannot start from --prompt")
-        upstream = {"labels": artifacts.file_digest(path)}
-        if prompt is not None:
-            artifacts.read_meta(prompt)
-            upstream["prompt"] = artifacts.file_digest(prompt)
-        options = {"losses": names, "knobs": knobs, "model": model}
-        if epochs:
-            options.update(epochs=epochs, seed=seed)
-        key = artifacts.cache_key("analysis", upstream, options)
-        target = out or artifacts.default_out("analysis", f"grad-{path.stem}", key, ".json")
-        if not as_json:
-            artifacts.ensure_writable(target)
-
-        if not as_json and out is None and plot is None and target.exists():
-            try:
-                summary = json.loads(target.read_text())
-            except (OSError, ValueError):
-                summary = None
-            if isinstance(summary, dict) and list(summary) == names:
-                output.info(f"cache hit: {target}")
-                render_table(summary)
-                output.emit(target)
-                return
-
-        data = analysis.prepare(path, prompt, model)
-        timeline: dict[str, list[analysis.GradStats]] = {}
-        if epochs:
-            timeline = analysis.gradient_over_training(data, names, epochs, knobs, seed, model)
-            masses = {n: timeline[n][-1].masses[n] for n in names}
-            stats = analysis.GradStats(masses=masses, correct=data.labels == data.true_labels)
-        else:
-            stats = analysis.gradient_stats(
-                names, data.logits, data.labels, data.true_labels, data.clean, knobs
-            )
-        summary: dict[str, Any] = stats.summary()
-        for name, per_epoch in timeline.items():
-            summary[name]["epochs"] = [
-                {"epoch": e, **st.summary()[name]} for e, st in enumerate(per_epoch, start=1)
-            ]
-        if timeline:
+        result, stats = analyze_gradients(
+            path, opts, out, write=not as_json, need_stats=plot is not None
+        )
+        show(result)
+        summary = result.summary
+        if any("epochs" in v for v in summary.values()):
             render_timeline(summary)
         render_table(summary)
-        render_histograms(stats, bins)
-        if plot is not None:
-            analysis.plot_histograms(stats, plot)
-            output.info(f"plot: {plot}")
+        if stats is not None:
+            render_histograms(stats, bins)
+            if plot is not None:
+                analysis.plot_histograms(stats, plot)
+                output.info(f"plot: {plot}")
         if as_json:
             output.emit_json(summary)
         else:
-            artifacts.atomic_write_text(target, json.dumps(summary, indent=2) + "\n")
-            output.emit(target)
+            output.emit(result.path)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from nlp_cli.cli import output
+from nlp_cli.cli.common import AsJson, finish
 from nlp_cli.errors import UsageError
 
 
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(
             1, "--seed", help="Seed for CoOp's split rule when a split file must be regenerated."
         ),
-        as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+        as_json: AsJson = False,
     ) -> None:
         """Download a CoOp benchmark dataset (or adopt a local copy) and print its folder.
 
@@ -50,8 +51,8 @@ def register(app: typer.Typer) -> None:
         layout (e.g. DIR = caltech-101/ holding 101_ObjectCategories/ and its split file).
         """
         from nlp_cli import datasets
-        from nlp_cli.datasets import download as dl
         from nlp_cli.home import data_dir
+        from nlp_cli.stages import prepare as stages
 
         root = Path(root) if root is not None else data_dir()
         if list_:
@@ -78,16 +79,47 @@ def register(app: typer.Typer) -> None:
                 table.add_row(r["name"], present, r["folder"], r["description"])
             output.console.print(table)
             return
-        if model is not None:
-            if dataset is not None:
-                raise UsageError("give either a DATASET or --model, not both")
-            path = dl.fetch_model(model)
-            output.emit(path, {"model": model}, as_json)
+        with _Bytes() as bar:
+            if model is not None:
+                if dataset is not None:
+                    raise UsageError("give either a DATASET or --model, not both")
+                result = stages.download_model(model, on_progress=bar.update)
+            elif dataset is None:
+                raise UsageError("name a DATASET (see `nlp download --list`) or --model NAME")
+            else:
+                result = stages.download(dataset, root, from_dir, seed, on_progress=bar.update)
+        finish(result, as_json)
+
+
+class _Bytes:
+    """A Rich download bar on stderr (terminals only) fed by (label, done, total) callbacks."""
+
+    def __enter__(self) -> _Bytes:
+        self.progress = None
+        self.tasks: dict[str, object] = {}
+        return self
+
+    def update(self, label: str, done: int, total: int | None) -> None:
+        if not output.console.is_terminal:
             return
-        if dataset is None:
-            raise UsageError("name a DATASET (see `nlp download --list`) or --model NAME")
-        spec = datasets.get(dataset)
-        folder, notes = dl.fetch_dataset(spec, root, from_dir, seed=seed)
-        for note in notes:
-            output.warn(note)
-        output.emit(folder, {"dataset": spec.name}, as_json)
+        if self.progress is None:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TransferSpeedColumn,
+            )
+
+            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+            self.progress = Progress(
+                *columns, TransferSpeedColumn(), console=output.console, transient=True
+            )
+            self.progress.start()
+        if label not in self.tasks:
+            self.tasks[label] = self.progress.add_task(label, total=total)
+        self.progress.update(self.tasks[label], completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()

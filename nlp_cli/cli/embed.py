@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.errors import UsageError
+from nlp_cli.cli.common import AsJson, finish, test_pause
 
 
 def _init_distributed(device: str) -> bool:
@@ -52,23 +52,12 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(
             None, "--out", help="Output file (default under NLP_HOME)."
         ),
-        as_json: bool = typer.Option(False, "--json", help="JSON summary on stdout."),
+        as_json: AsJson = False,
     ) -> None:
         """Encode train/val/test images once; later stages read the cached features."""
-        from nlp_cli import datasets
         from nlp_cli.embed import EmbedOptions
-        from nlp_cli.embed import embed as run_embed
+        from nlp_cli.stages.prepare import embed as run_embed
 
-        if batch_size < 1 or shard_size < 1 or workers < 0 or views < 0:
-            raise UsageError("--batch-size and --shard-size must be ≥ 1, --workers and --views ≥ 0")
-        ds = datasets.load(dataset, root)
-        for note in ds.notes:
-            output.warn(note)
-        joined = _init_distributed(device)
-        if joined and device == "cuda":
-            import torch
-
-            device = f"cuda:{torch.cuda.current_device()}"
         opts = EmbedOptions(
             views=views,
             seed=seed,
@@ -78,21 +67,25 @@ def register(app: typer.Typer) -> None:
             device=device,
             shard_size=shard_size,
         )
+        opts.validate()
+        joined = _init_distributed(device)
+        if joined and device == "cuda":
+            import torch
+
+            opts.device = f"cuda:{torch.cuda.current_device()}"
         try:
             with _Bar() as bar:
-                result = run_embed(ds, model, opts, out, on_progress=bar.update)
+                result = run_embed(
+                    dataset, model, opts, root, out, on_progress=bar.update, on_shard=test_pause
+                )
         finally:
             if joined:
                 import torch
 
                 torch.distributed.destroy_process_group()
-        if result is None:  # another rank writes the artifact
+        if result.path is None:  # another rank writes the artifact
             return
-        if result.cache_hit:
-            output.info(f"cache hit: {result.path}")
-        for split, bad in result.skipped.items():
-            output.warn(f"skipped {len(bad)} undecodable {split} image(s), e.g. {bad[0]}")
-        output.emit(result.path, {"counts": result.counts, "cache_hit": result.cache_hit}, as_json)
+        finish(result, as_json)
 
 
 class _Bar:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ def register(app: typer.Typer) -> None:
         """acc1, mean per-class recall, macro F1, per-class accuracy (and DSPT's last-5 mean)."""
         from nlp_cli import artifacts
         from nlp_cli.errors import UsageError
-        from nlp_cli.evaluate import evaluate
+        from nlp_cli.stages.evaluate import evaluate
 
         if zero_shot is not None:
             if prompt is not None or features is not None:
@@ -64,16 +63,14 @@ def register(app: typer.Typer) -> None:
             path, feats = None, zero_shot
         else:
             path, feats = output.input_path(prompt, "prompt file"), features
-        if out is not None and not as_json:
-            artifacts.ensure_writable(out)
         if plot is not None:
             from nlp_cli import analysis
 
             if path is None:
                 raise UsageError("--plot draws a trained prompt's history: give a PROMPT")
             analysis.require_matplotlib()
-        result = evaluate(path, feats, split, model, device)
-        render(result)
+        result = evaluate(path, feats, split, model, device, out=out, write=not as_json)
+        render(result.summary)
         if plot is not None:
             meta = artifacts.read_meta(path)
             history = meta.get("history") or []
@@ -82,13 +79,6 @@ def register(app: typer.Typer) -> None:
             analysis.plot_history(history, plot, title=f"{path.name}: loss {meta.get('loss')}")
             output.info(f"plot: {plot}")
         if as_json:
-            output.emit_json(result)
-            return
-        upstream = {"features": artifacts.file_digest(result["features"])}
-        if path is not None:
-            upstream["prompt"] = artifacts.file_digest(path)
-        key = artifacts.cache_key("metrics", upstream, {"split": split})
-        stem = f"eval-{Path(path).stem if path else 'zero-shot'}-{split}"
-        target = out or artifacts.default_out("metrics", stem, key, ".json")
-        artifacts.atomic_write_text(target, json.dumps(result, indent=2) + "\n")
-        output.emit(target)
+            output.emit_json(result.summary)
+        else:
+            output.emit(result.path)

@@ -38,13 +38,13 @@ def register(app: typer.Typer) -> None:
         grid = sw.load_grid(grid_file)
         if out is not None:
             grid.out = out
-        rank, world = sw.rank_and_world()
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         if device == "cuda" and world > 1:
             device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
         cells = grid.cells()
         if dry_run:
             for cell in cells:
-                done = grid.metrics_path(cell).exists()
+                done = grid.metrics_path(cell).exists()  # without features, no key to compare
                 output.info(f"{'done   ' if done else 'pending'} {cell.slug}")
             if as_json:
                 output.emit_json({"cells": [c.slug for c in cells]})
@@ -54,7 +54,9 @@ def register(app: typer.Typer) -> None:
             output.info(f"── {state}: {cell.slug}")
 
         output.info(f"sweep {grid.name}: {len(cells)} cells → {grid.folder()}")
-        result = sw.run_sweep(grid, device=device, progress=progress, batch=batch)
+        result = sw.run_sweep(
+            grid, device=device, progress=progress, batch=batch, rank=rank, world=world
+        )
         if rank != 0:
             return
         paths = sw.write_tables(result, grid, plot=plot)

@@ -2,57 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.errors import UsageError, did_you_mean
-
-COOP_SUFFIXES = (".pth", ".tar", ".pt")
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """Options from a YAML file whose keys are option names (dashes or underscores)."""
-    import yaml
-
-    from nlp_cli.train import TrainConfig
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise UsageError(f"--config {path}: {e.strerror or e}") from e
-    except yaml.YAMLError as e:
-        raise UsageError(f"--config {path} is not valid YAML ({type(e).__name__})") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path} must hold a mapping of option names to values")
-    allowed = {f.name for f in dataclasses.fields(TrainConfig)} | {"protocol"}
-    out = {}
-    for k, v in data.items():
-        name = str(k).lstrip("-").replace("-", "_")
-        if name not in allowed:
-            hint = did_you_mean(name, sorted(allowed))
-            raise UsageError(f"--config {path}: unknown option {k!r}{hint}")
-        out[name] = v
-    return out
-
-
-def _init_ctx(path: Path, features_meta: dict[str, Any]):
-    """The ctx to start from: a prompt artifact's, or a CoOp/NLPrompt checkpoint's."""
-    from nlp_cli import artifacts
-    from nlp_cli.train import import_coop
-
-    if path.suffix in COOP_SUFFIXES or ".pth" in path.name:
-        ctx, _ = import_coop(path)
-        digest = artifacts.file_digest(path)
-        return ctx, {"kind": "coop", "path": str(path.resolve()), "digest": digest}
-    art = artifacts.load(path, "prompt")
-    artifacts.check_compatible(art, features_meta, f"--init-from {path}")
-    return art.tensors["ctx"], art.ref()
+from nlp_cli.cli.common import show, test_pause
+from nlp_cli.errors import UsageError
 
 
 def _complete_loss(incomplete: str) -> list[str]:
@@ -152,6 +109,9 @@ def register(app: typer.Typer) -> None:
         tau: float | None = typer.Option(None, "--tau", help="logitnorm (1) / logitclip (10) τ."),
         beta: float | None = typer.Option(None, "--beta", help="bootstrap's β (0.95)."),
         scale: float | None = typer.Option(None, "--scale", help="mae's or square's scale (1)."),
+        knob: list[str] = typer.Option(
+            [], "--knob", help="Set any loss knob, [LOSS.]KNOB=VALUE (repeatable), e.g. q=0.5."
+        ),
         config: Path | None = typer.Option(
             None, "--config", help="YAML file of options (keys = option names); flags override."
         ),
@@ -180,10 +140,9 @@ def register(app: typer.Typer) -> None:
         Several inputs, losses (--loss ce,dsoftmax) or seeds (--seed 1,2,3) make one run per
         combination, trained together (one text-encoder pass per step); one path per line.
         """
-        from nlp_cli import artifacts, clip_model
-        from nlp_cli import train as lib
+        from nlp_cli.stages.train import TrainOptions, split_knobs, train_prompts
 
-        given = {
+        settings = {
             "epochs": epochs,
             "lr": lr,
             "batch_size": batch_size,
@@ -198,99 +157,60 @@ def register(app: typer.Typer) -> None:
             "class_token_position": class_token_position,
             "targets": targets,
             "repurify": repurify,
-            "q": q,
-            "eps": eps,
-            "tau": tau,
-            "beta": beta,
-            "scale": scale,
             "method": method,
             "joapr_warmup": joapr_warmup,
             "joapr_alpha": joapr_alpha,
             "joapr_threshold": joapr_threshold,
             "joapr_temperature": joapr_temperature,
             "joapr_prior": joapr_prior,
+            **{k: v for k, v in dict(q=q, eps=eps, tau=tau, beta=beta, scale=scale).items()},
         }
-        file_opts = read_config(config) if config is not None else {}
-        proto = protocol or file_opts.pop("protocol", None)
-        file_opts.pop("protocol", None)
-        merged = {**file_opts, **{k: v for k, v in given.items() if v is not None}}
-        loss_list = _split(loss, "--loss", str) if loss else [merged.pop("loss", None)]
-        seed_list = _split(seed, "--seed", int) if seed else [merged.pop("seed", None)]
-        merged.pop("loss", None)
-        merged.pop("seed", None)
+        plain, per_loss = split_knobs(knob)
+        settings.update(plain)
+        opts = TrainOptions(
+            losses=_split(loss, "--loss", str) if loss else [None],
+            seeds=_split(seed, "--seed", int) if seed else [None],
+            protocol=protocol,
+            settings=settings,
+            config_file=config,
+            init_from=init_from,
+            export_coop=export_coop,
+            resume=resume,
+            model=model,
+            outs=list(out or []),
+            zip=zip_runs,
+            loss_knobs=per_loss,
+        )
         inputs = list(data) if data else [output.input_path(None, "label set")]
-        if zip_runs:
-            combos = _zipped(inputs, loss_list, seed_list)
-        else:
-            combos = [(p, lo, se) for p in inputs for lo in loss_list for se in seed_list]
-        outs = list(out or [])
-        if outs and len(outs) != len(combos):
-            raise UsageError(f"{len(combos)} runs but {len(outs)} --out paths: give one per run")
-        if len(combos) > 1 and export_coop is not None:
-            raise UsageError("--export-coop names one file: give one input, loss and seed")
-
-        loaded_data: dict[Path, Any] = {}
-        runs = []
-        for i, (path, run_loss, run_seed) in enumerate(combos):
-            cfg = lib.make_config(proto, **merged, loss=run_loss, seed=run_seed)
-            if path not in loaded_data:
-                loaded_data[path] = lib.load_data(path)
-            td = loaded_data[path]
-            init_ctx, init_ref = None, None
-            if init_from is not None:
-                init_ctx, init_ref = _init_ctx(init_from, td.features.meta)
-            upstream = {td.source.kind: td.source.ref(), "features": td.features.ref()}
-            if init_ref is not None:
-                upstream["init"] = init_ref
-            options = {**cfg.options(), "protocol": proto}
-            key = artifacts.cache_key(
-                "prompt", {r: u["digest"] for r, u in upstream.items()}, options
-            )
-            name = cfg.loss if cfg.method == "standard" else cfg.method
-            stem = f"{td.features.meta.get('dataset', 'prompt')}-{name}-{path.stem}"
-            target = outs[i] if outs else artifacts.default_out("prompt", stem, key)
-            artifacts.ensure_writable(target)
-            runs.append(
-                {
-                    "td": td,
-                    "cfg": cfg,
-                    "init": init_ctx,
-                    "upstream": upstream,
-                    "options": options,
-                    "key": key,
-                    "target": target,
-                    "hit": artifacts.cached(target, key, "prompt"),
-                }
-            )
-
-        pending = [r for r in runs if not r["hit"]]
-        for r in runs:
-            if r["hit"]:
-                output.info(f"cache hit: {r['target']}")
-        if export_coop is not None or pending:
-            first = runs[0]
-            meta, dev = first["td"].features.meta, first["cfg"].device
-            loaded = clip_model.load_for(meta, model, device=dev)
-            if export_coop is not None and first["hit"]:
-                prompt = artifacts.load(first["target"], "prompt")
-                lib.export_coop(export_coop, loaded.model, prompt)
-        for group in _groups(pending):
-            _train_group(group, loaded, resume, export_coop)
-        summaries = [_summary(artifacts.read_meta(r["target"])) for r in runs]
-        if len(runs) == 1:
-            output.emit(runs[0]["target"], summaries[0], as_json)
+        results = train_prompts(inputs, opts, on_epoch=_progress(), on_checkpoint=test_pause)
+        for r in results:
+            show(r)
+        if len(results) == 1:
+            output.emit(results[0].path, results[0].summary, as_json)
         elif as_json:
-            output.emit_json(
-                {
-                    "runs": [
-                        {"path": str(r["target"]), **m}
-                        for r, m in zip(runs, summaries, strict=True)
-                    ]
-                }
-            )
+            output.emit_json({"runs": [{"path": str(r.path), **r.summary} for r in results]})
         else:
-            for r in runs:
-                output.emit(r["target"])
+            for r in results:
+                output.emit(r.path)
+
+
+def _progress():
+    """One stderr line per epoch of each run (runs trained together are named)."""
+
+    def line(run: int, label: str, rec: dict[str, Any], cfg: Any) -> None:
+        parts = [
+            f"epoch {rec['epoch']}/{cfg.epochs}",
+            f"lr {rec['lr']:.3g}",
+            f"loss {rec['loss']:.4f}",
+            f"test acc {100 * rec['test_acc']:.2f}%",
+        ]
+        if label:
+            parts.insert(0, f"[{label}]")
+        if rec["loss_noisy"] is not None and rec["loss_clean"] is not None:
+            parts.append(f"loss correct/wrong {rec['loss_clean']:.3f}/{rec['loss_noisy']:.3f}")
+        output.console.print("  ".join(parts), soft_wrap=True, markup=False)
+
+    return line
 
 
 def _split(text: str, flag: str, kind: type) -> list[Any]:
@@ -300,93 +220,3 @@ def _split(text: str, flag: str, kind: type) -> list[Any]:
         return [kind(t) for t in items] or [None]
     except ValueError:
         raise UsageError(f"{flag} {text!r}: write one value or a comma list") from None
-
-
-def _zipped(inputs: list[Path], losses: list[Any], seeds: list[Any]) -> list[tuple]:
-    """Item-by-item runs; a list of one value applies to every run."""
-    n = max(len(inputs), len(losses), len(seeds))
-    if any(len(x) not in (1, n) for x in (inputs, losses, seeds)):
-        raise UsageError("--zip needs inputs, --loss and --seed lists of one length (or one item)")
-    return [
-        (inputs[i % len(inputs)], losses[i % len(losses)], seeds[i % len(seeds)]) for i in range(n)
-    ]
-
-
-def _groups(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Runs that can share an encoder pass: same features, device and prompt layout."""
-    from nlp_cli.train import BATCHED_ALIKE
-
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in runs:
-        alike = tuple(getattr(r["cfg"], name) for name in BATCHED_ALIKE)
-        groups.setdefault((r["td"].features.digest, alike), []).append(r)
-    return list(groups.values())
-
-
-def _train_group(runs: list[dict[str, Any]], loaded: Any, resume: bool, export: Path | None):
-    """Train a group together and write each run's prompt file (and its checkpoint meanwhile)."""
-    from nlp_cli import artifacts
-    from nlp_cli import train as lib
-
-    ckpts = [r["target"].with_name(r["target"].name + ".ckpt") for r in runs]
-    several = len(runs) > 1
-
-    def progress(i: int, rec: dict[str, Any]) -> None:
-        cfg = runs[i]["cfg"]
-        acc = rec["test_acc"]
-        parts = [
-            f"epoch {rec['epoch']}/{cfg.epochs}",
-            f"lr {rec['lr']:.3g}",
-            f"loss {rec['loss']:.4f}",
-            f"test acc {100 * acc:.2f}%",
-        ]
-        if several:
-            parts.insert(0, f"[{cfg.loss} seed {cfg.seed} {runs[i]['target'].stem[:24]}]")
-        if rec["loss_noisy"] is not None and rec["loss_clean"] is not None:
-            parts.append(f"loss correct/wrong {rec['loss_clean']:.3f}/{rec['loss_noisy']:.3f}")
-        output.console.print("  ".join(parts), soft_wrap=True, markup=False)
-
-    results = lib.train_many(
-        [r["td"] for r in runs],
-        [r["cfg"] for r in runs],
-        loaded=loaded,
-        init_ctxs=[r["init"] for r in runs],
-        checkpoints=ckpts,
-        resume=resume,
-        run_keys=[r["key"] for r in runs],
-        on_epoch=progress,
-    )
-    for r, result, ckpt in zip(runs, results, ckpts, strict=True):
-        if result.info.get("resumed_at"):
-            output.info(f"resumed from {ckpt} at epoch {result.info['resumed_at']}")
-        td, cfg = r["td"], r["cfg"]
-        meta = {
-            "model": loaded.identity,
-            "dataset": td.features.meta.get("dataset"),
-            "classnames": td.classnames,
-            "options": r["options"],
-            "upstream": r["upstream"],
-            "key": r["key"],
-            "prompt": result.prompt_meta,
-            "loss": cfg.loss,
-            "method": cfg.method,
-            "knobs": result.info["knobs"],
-            "history": result.history,
-        }
-        artifacts.save(r["target"], "prompt", {"ctx": result.ctx}, meta)
-        ckpt.unlink(missing_ok=True)
-        if export is not None:
-            lib.export_coop(export, loaded.model, artifacts.load(r["target"], "prompt"))
-            output.info(f"CoOp checkpoint: {export}")
-
-
-def _summary(meta: dict[str, Any]) -> dict[str, Any]:
-    from nlp_cli.evaluate import last_k_mean
-
-    history = meta.get("history") or []
-    return {
-        "loss": meta.get("loss"),
-        "epochs": len(history),
-        "test_acc": history[-1]["test_acc"] if history else None,
-        "last5_mean_acc": last_k_mean(history),
-    }

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from nlp_cli import __version__
@@ -57,35 +58,12 @@ def verify(path: Path, checksum: str | None) -> bool:
     return _digest(path, algo) == want.lower()
 
 
-def _progress(enabled: bool, total: int | None, done: int, label: str):
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
-
-    console = Console(stderr=True)
-    if not console.is_terminal:  # logs and pipes get no bar (and no stray blank line)
-        return None
-    prog = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=console,
-        transient=True,
-    )
-    prog.start()
-    prog.add_task(label, total=total, completed=done)
-    return prog
+# A download reports through `progress(label, bytes_done, bytes_total_or_None)`; the library
+# never draws a bar itself (the CLI does). False or None: no reports.
+Progress = Callable[[str, int, int | None], None]
 
 
-def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
+def _transfer(url: str, part: Path, timeout: float, progress: Progress | bool | None) -> None:
     """One request: append to `part` from its current size (Range) or start it afresh."""
     start = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": f"nlp/{__version__}"}
@@ -102,20 +80,17 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
             start = 0  # the server ignored Range: start over
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
-        bar = _progress(progress, total, start, part.name.removesuffix(".part"))
-        try:
-            with open(part, "ab" if start else "wb") as f:
-                while True:
-                    chunk = resp.read(CHUNK)
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    if bar is not None:
-                        bar.update(bar.task_ids[0], advance=len(chunk))
-                size = f.tell()
-        finally:
-            if bar is not None:
-                bar.stop()
+        report = progress if callable(progress) else None
+        label = part.name.removesuffix(".part")
+        with open(part, "ab" if start else "wb") as f:
+            while True:
+                chunk = resp.read(CHUNK)
+                if not chunk:
+                    break
+                f.write(chunk)
+                if report is not None:
+                    report(label, f.tell(), total)
+            size = f.tell()
     if total is not None and size < total:
         raise http.client.IncompleteRead(b"", total - size)
 
@@ -128,7 +103,7 @@ def fetch(
     mirrors: tuple[str, ...] = (),
     retries: int = 3,
     timeout: float = 30.0,
-    progress: bool = True,
+    progress: Progress | bool | None = None,
 ) -> Path:
     """Download `url` to `dest` (resuming `dest.part`), verify it, and return `dest`."""
     dest = Path(dest)
@@ -319,7 +294,7 @@ def fetch_dataset(
     from_dir: Path | None = None,
     *,
     seed: int = 1,
-    progress: bool = True,
+    progress: Progress | bool | None = None,
     timeout: float = 30.0,
 ) -> tuple[Path, list[str]]:
     """Put `spec` under `root` (download, or adopt `from_dir`); returns its folder and notes."""
@@ -363,7 +338,9 @@ def fetch_dataset(
     return folder, notes
 
 
-def fetch_model(name: str, *, progress: bool = True, timeout: float = 30.0) -> Path:
+def fetch_model(
+    name: str, *, progress: Progress | bool | None = None, timeout: float = 30.0
+) -> Path:
     """Download an OpenAI CLIP checkpoint to `clip_model.model_file(name)`, checking SHA-256."""
     from nlp_cli import clip_model
 

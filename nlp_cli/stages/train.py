@@ -1,0 +1,283 @@
+"""`train_prompts`: learn CoOp context vectors on label sets or partitions, one prompt file each.
+
+Several inputs, losses or seeds make one run per combination (or item by item with `zip`);
+runs that can share the text encoder are trained together, each equal to its run alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nlp_cli import artifacts
+from nlp_cli.errors import UsageError, did_you_mean
+from nlp_cli.stages.result import StageResult
+
+COOP_SUFFIXES = (".pth", ".tar", ".pt")
+
+
+@dataclass
+class TrainOptions:
+    """A training request: the runs (losses × seeds, or zipped), a protocol and its overrides."""
+
+    losses: list[str | None] = field(default_factory=lambda: [None])
+    seeds: list[int | None] = field(default_factory=lambda: [None])
+    protocol: str | None = None
+    # TrainConfig fields (epochs, lr, knobs, …) overriding the protocol; None = not given.
+    settings: dict[str, Any] = field(default_factory=dict)
+    config_file: Path | None = None  # a YAML of settings; `settings` override it
+    init_from: Path | None = None  # a prompt file or a CoOp/NLPrompt checkpoint
+    export_coop: Path | None = None  # also write the prompt as a CoOp checkpoint
+    resume: bool = False
+    model: str | None = None
+    outs: list[Path] = field(default_factory=list)  # one per run, or empty for defaults
+    zip: bool = False
+    # Knobs for the runs of one loss only: {"gce": {"q": 0.5}}.
+    loss_knobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def split_knobs(items: list[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """`KNOB=VALUE` items (for every run) and `LOSS.KNOB=VALUE` items (that loss's runs only)."""
+    from nlp_cli.losses import parse_knob
+
+    plain: dict[str, str] = {}
+    per_loss: dict[str, dict[str, str]] = {}
+    for item in items:
+        loss, name, value = parse_knob(item)
+        if loss is None:
+            plain[name] = value
+        else:
+            per_loss.setdefault(loss, {})[name] = value
+    return plain, per_loss
+
+
+@dataclass(eq=False)
+class _Run:
+    data: Any
+    config: Any
+    init: Any
+    upstream: dict[str, Any]
+    options: dict[str, Any]
+    key: str
+    target: Path
+    hit: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.loss} seed {self.config.seed} {self.target.stem[:24]}"
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Settings from a YAML file whose keys are option names (dashes or underscores)."""
+    import yaml
+
+    from nlp_cli.train import TrainConfig
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"--config {path}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise UsageError(f"--config {path} is not valid YAML ({type(e).__name__})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path} must hold a mapping of option names to values")
+    allowed = set(TrainConfig.setting_names()) | {"protocol"}
+    out = {}
+    for k, v in data.items():
+        name = str(k).lstrip("-").replace("-", "_")
+        if name not in allowed:
+            hint = did_you_mean(name, sorted(allowed))
+            raise UsageError(f"--config {path}: unknown option {k!r}{hint}")
+        out[name] = v
+    return out
+
+
+def _init_ctx(path: Path, features_meta: dict[str, Any]):
+    """The ctx to start from: a prompt artifact's, or a CoOp/NLPrompt checkpoint's."""
+    from nlp_cli.checkpoints import import_coop
+
+    if path.suffix in COOP_SUFFIXES or ".pth" in path.name:
+        ctx, _ = import_coop(path)
+        digest = artifacts.file_digest(path)
+        return ctx, {"kind": "coop", "path": str(path.resolve()), "digest": digest}
+    art = artifacts.load(path, "prompt")
+    artifacts.check_compatible(art, features_meta, f"--init-from {path}")
+    return art.tensors["ctx"], art.ref()
+
+
+def _zipped(inputs: list[Path], losses: list[Any], seeds: list[Any]) -> list[tuple]:
+    """Item-by-item runs; a list of one value applies to every run."""
+    n = max(len(inputs), len(losses), len(seeds))
+    if any(len(x) not in (1, n) for x in (inputs, losses, seeds)):
+        raise UsageError("--zip needs inputs, --loss and --seed lists of one length (or one item)")
+    return [
+        (inputs[i % len(inputs)], losses[i % len(losses)], seeds[i % len(seeds)]) for i in range(n)
+    ]
+
+
+def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
+    """Every run's data, configuration, cache key and target, checked before any training."""
+    from nlp_cli import train as lib
+
+    if not inputs:
+        raise UsageError("no training input given")
+    file_opts = read_config(opts.config_file) if opts.config_file is not None else {}
+    proto = opts.protocol or file_opts.pop("protocol", None)
+    file_opts.pop("protocol", None)
+    merged = {**file_opts, **{k: v for k, v in opts.settings.items() if v is not None}}
+    losses = list(opts.losses) if opts.losses != [None] else [merged.get("loss")]
+    seeds = list(opts.seeds) if opts.seeds != [None] else [merged.get("seed")]
+    merged.pop("loss", None)
+    merged.pop("seed", None)
+    if opts.zip:
+        combos = _zipped(list(inputs), losses, seeds)
+    else:
+        combos = [(p, lo, se) for p in inputs for lo in losses for se in seeds]
+    if opts.outs and len(opts.outs) != len(combos):
+        raise UsageError(f"{len(combos)} runs but {len(opts.outs)} --out paths: give one per run")
+    if len(combos) > 1 and opts.export_coop is not None:
+        raise UsageError("--export-coop names one file: give one input, loss and seed")
+
+    named = {lo or "ce" for _, lo, _ in combos}
+    for loss in opts.loss_knobs:
+        if loss not in named:
+            raise UsageError(f"--knob {loss}.…: {loss!r} is not among the losses trained")
+    loaded_data: dict[Path, Any] = {}
+    runs = []
+    for i, (path, run_loss, run_seed) in enumerate(combos):
+        own = opts.loss_knobs.get(run_loss or "ce", {})
+        cfg = lib.make_config(proto, **{**merged, **own}, loss=run_loss, seed=run_seed)
+        path = Path(path)
+        if path not in loaded_data:
+            loaded_data[path] = lib.load_data(path)
+        td = loaded_data[path]
+        init_ctx, init_ref = None, None
+        if opts.init_from is not None:
+            init_ctx, init_ref = _init_ctx(Path(opts.init_from), td.features.meta)
+        upstream = {td.source.kind: td.source.ref(), "features": td.features.ref()}
+        if init_ref is not None:
+            upstream["init"] = init_ref
+        options = {**cfg.options(), "protocol": proto}
+        key = artifacts.cache_key("prompt", {r: u["digest"] for r, u in upstream.items()}, options)
+        name = cfg.loss if cfg.method == "standard" else cfg.method
+        stem = f"{td.features.meta.get('dataset', 'prompt')}-{name}-{path.stem}"
+        target = Path(opts.outs[i]) if opts.outs else artifacts.default_out("prompt", stem, key)
+        artifacts.ensure_writable(target)
+        hit = artifacts.cached(target, key, "prompt")
+        runs.append(_Run(td, cfg, init_ctx, upstream, options, key, target, hit))
+    return runs
+
+
+EpochCallback = Callable[[int, str, dict[str, Any], Any], None]
+
+
+def train_prompts(
+    inputs: list[Path | str],
+    opts: TrainOptions | None = None,
+    on_epoch: EpochCallback | None = None,
+    on_checkpoint: Callable[[], None] | None = None,
+) -> list[StageResult]:
+    """Train every requested run (cached ones are not retrained); one result per run, in order.
+
+    `on_epoch(run, label, record, config)` follows each run's epochs; `on_checkpoint()` runs
+    after each epoch's checkpoint is on disk.
+    """
+    from nlp_cli import checkpoints, clip_model
+    from nlp_cli.evaluate import last_k_mean
+
+    opts = opts or TrainOptions()
+    runs = plan_runs([Path(p) for p in inputs], opts)
+    pending = [r for r in runs if not r.hit]
+    notes: dict[int, list[str]] = {id(r): [] for r in runs}
+    if opts.export_coop is not None or pending:
+        first = runs[0]
+        loaded = clip_model.load_for(
+            first.data.features.meta, opts.model, device=first.config.device
+        )
+        if opts.export_coop is not None and first.hit:
+            prompt = artifacts.load(first.target, "prompt")
+            checkpoints.export_coop(opts.export_coop, loaded.model, prompt)
+            notes[id(first)].append(f"CoOp checkpoint: {opts.export_coop}")
+    for group in _groups(pending):
+        _train_group(group, loaded, opts, on_epoch, on_checkpoint, notes, runs)
+    results = []
+    for r in runs:
+        history = artifacts.read_meta(r.target).get("history") or []
+        summary = {
+            "loss": r.config.loss,
+            "epochs": len(history),
+            "test_acc": history[-1]["test_acc"] if history else None,
+            "last5_mean_acc": last_k_mean(history),
+        }
+        results.append(StageResult(r.target, summary, cache_hit=r.hit, notes=notes[id(r)]))
+    return results
+
+
+def _groups(runs: list[_Run]) -> list[list[_Run]]:
+    """Runs that can share an encoder pass: same features, device and prompt layout."""
+    from nlp_cli.train import BATCHED_ALIKE
+
+    groups: dict[tuple, list[_Run]] = {}
+    for r in runs:
+        alike = tuple(getattr(r.config, name) for name in BATCHED_ALIKE)
+        groups.setdefault((r.data.features.digest, alike), []).append(r)
+    return list(groups.values())
+
+
+def _train_group(
+    group: list[_Run],
+    loaded: Any,
+    opts: TrainOptions,
+    on_epoch: EpochCallback | None,
+    on_checkpoint: Callable[[], None] | None,
+    notes: dict[int, list[str]],
+    runs: list[_Run],
+) -> None:
+    """Train a group together and write each run's prompt file (and its checkpoint meanwhile)."""
+    from nlp_cli import checkpoints
+    from nlp_cli import train as lib
+
+    ckpts = [r.target.with_name(r.target.name + ".ckpt") for r in group]
+
+    def progress(i: int, record: dict[str, Any]) -> None:
+        if on_epoch is not None:
+            r = group[i]
+            on_epoch(runs.index(r), r.label if len(group) > 1 else "", record, r.config)
+
+    results = lib.train_many(
+        [r.data for r in group],
+        [r.config for r in group],
+        loaded=loaded,
+        init_ctxs=[r.init for r in group],
+        checkpoints=ckpts,
+        resume=opts.resume,
+        run_keys=[r.key for r in group],
+        on_epoch=progress,
+        on_checkpoint=on_checkpoint,
+    )
+    for r, result, ckpt in zip(group, results, ckpts, strict=True):
+        if result.info.get("resumed_at"):
+            notes[id(r)].append(f"resumed from {ckpt} at epoch {result.info['resumed_at']}")
+        meta = {
+            "model": loaded.identity,
+            "dataset": r.data.features.meta.get("dataset"),
+            "classnames": r.data.classnames,
+            "options": r.options,
+            "upstream": r.upstream,
+            "key": r.key,
+            "prompt": result.prompt_meta,
+            "loss": r.config.loss,
+            "method": r.config.method,
+            "knobs": result.info["knobs"],
+            "history": result.history,
+        }
+        artifacts.save(r.target, "prompt", {"ctx": result.ctx}, meta)
+        ckpt.unlink(missing_ok=True)
+        if opts.export_coop is not None:
+            prompt = artifacts.load(r.target, "prompt")
+            checkpoints.export_coop(opts.export_coop, loaded.model, prompt)
+            notes[id(r)].append(f"CoOp checkpoint: {opts.export_coop}")
