@@ -79,7 +79,7 @@ MODULES = sorted(p for p in PKG.rglob("*.py") if "assets" not in p.parts)
 
 
 def _known(name: str) -> str:
-    """The module an imported name refers to (`from nlp_cli import artifacts` → nlp_cli.artifacts)."""
+    """The module an imported name refers to (`from nlp_cli import x` → nlp_cli.x)."""
     while name not in NAMES and "." in name:
         name = name.rsplit(".", 1)[0]
     return name
