@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,13 +10,17 @@ from typing import Any
 
 import torch
 
-from nlp_cli.errors import ArtifactError, UsageError, did_you_mean
+from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
 from nlp_cli.home import models_dir
 
 HAND_TEMPLATE = "a photo of a {}."
 ASSETS = Path(__file__).parent / "assets"
 # Built-in checkpoints shipped inside the package (OpenAI state-dict layout).
 BUILTIN = {"tiny-shapes": ASSETS / "tiny-shapes.pt"}
+# fp32: fp32 weights. fp16/bf16: CLIP's half layout in that dtype. amp: fp32 weights, with the
+# forward under autocast (fp16 on CUDA, bf16 on CPU) and, on CUDA, a GradScaler (CoOp's PREC).
+PRECISIONS = ("fp32", "fp16", "bf16", "amp")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _clip():
@@ -63,13 +68,101 @@ def resolve(name_or_path: str) -> Path:
     )
 
 
+def resolve_device(device: str | torch.device | None = "auto") -> str:
+    """The device to run on: "auto" (or None) is "cuda" when CUDA is available, else "cpu"."""
+    if device is None or str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device)
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise UsageError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise NlpError(f"device {device} requested but CUDA is not available")
+    return device
+
+
+def resolve_precision(precision: str | None, device: str | torch.device) -> str:
+    """One of PRECISIONS; None (or "auto") is CoOp's default: fp16 on CUDA, fp32 elsewhere."""
+    if precision is None or precision == "auto":
+        return "fp16" if torch.device(device).type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise UsageError(
+            f"unknown precision {precision!r}{did_you_mean(precision, list(PRECISIONS))}: "
+            f"use one of {', '.join(PRECISIONS)}"
+        )
+    return precision
+
+
+def weight_dtype(precision: str) -> torch.dtype:
+    """The dtype of the matrix weights (and of CLIP's activations) under `precision`."""
+    return _DTYPES.get(precision, torch.float32)
+
+
+def to_precision(model: Any, precision: str) -> Any:
+    """Put a CLIP model's weights in `precision`, in place; returns the model.
+
+    fp16/bf16 follow clip.model.convert_weights (what clip.load leaves on CUDA): only the
+    conv, linear and attention weights and the two projections change dtype; LayerNorm,
+    BatchNorm, the embeddings and logit_scale stay fp32. CLIP's LayerNorm runs in fp32 and
+    casts back, which fails on fp16 LayerNorm weights, so a blanket model.half() cannot run.
+    """
+    model.float()
+    dtype = weight_dtype(precision)
+    if dtype == torch.float32:
+        return model
+
+    def cast(t: torch.Tensor | None) -> None:
+        if t is not None:
+            t.data = t.data.to(dtype)
+
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Conv1d | torch.nn.Conv2d | torch.nn.Linear):
+            cast(mod.weight)
+            cast(mod.bias)
+        if isinstance(mod, torch.nn.MultiheadAttention):
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                cast(getattr(mod, name))
+            for name in ("in_proj_bias", "bias_k", "bias_v"):
+                cast(getattr(mod, name))
+        for name in ("text_projection", "proj"):
+            attr = getattr(mod, name, None)
+            if isinstance(attr, torch.Tensor):
+                cast(attr)
+    return model
+
+
+def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context a forward pass runs in: autocast for amp (fp16 on CUDA, bf16 on CPU)."""
+    if precision != "amp":
+        return contextlib.nullcontext()
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=torch.float16 if kind == "cuda" else torch.bfloat16)
+
+
+def grad_scaler(device: str | torch.device, precision: str) -> torch.amp.GradScaler:
+    """A GradScaler for amp on CUDA (fp16 autocast); a pass-through one otherwise."""
+    kind = torch.device(device).type
+    return torch.amp.GradScaler(kind, enabled=precision == "amp" and kind == "cuda")
+
+
 @dataclass
 class LoadedClip:
-    """A frozen CLIP model, its image preprocessing and its identity for artifacts."""
+    """A frozen CLIP model, its image preprocessing, its identity for artifacts and precision."""
 
     model: Any
     preprocess: Any
     identity: dict[str, Any]
+    precision: str = "fp32"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype CLIP computes in (its matrix weights' dtype; fp32 under amp)."""
+        return self.model.dtype
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """autocast(device, precision) for this model."""
+        return autocast(self.model.text_projection.device, self.precision)
 
     @property
     def logit_scale(self) -> float:
@@ -90,13 +183,21 @@ def identity(name_or_path: str, path: Path, model: Any) -> dict[str, Any]:
     }
 
 
-_loaded: dict[tuple[str, str], LoadedClip] = {}
+_loaded: dict[tuple[str, str, str], LoadedClip] = {}
 
 
-def load(name_or_path: str, device: str | torch.device = "cpu") -> LoadedClip:
-    """Load a frozen CLIP (fp32 on CPU) with clip-anytorch's ordinary path."""
+def load(
+    name_or_path: str, device: str | torch.device = "cpu", precision: str | None = None
+) -> LoadedClip:
+    """Load a frozen CLIP with clip-anytorch's ordinary path, its weights in `precision`.
+
+    `precision` None is resolve_precision's default (fp16 on CUDA, fp32 on CPU). The identity
+    does not depend on it: artifacts made at any precision name the same model.
+    """
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     path = resolve(name_or_path)
-    key = (str(path.resolve()), str(device))
+    key = (str(path.resolve()), device, precision)
     if key in _loaded:
         return _loaded[key]
     clip = _clip()
@@ -106,19 +207,27 @@ def load(name_or_path: str, device: str | torch.device = "cpu") -> LoadedClip:
             model, preprocess = clip.load(str(path), device=device, jit=False)
     except Exception as e:
         raise ArtifactError(f"{path} is not a loadable CLIP checkpoint ({type(e).__name__})") from e
-    model.eval()
+    to_precision(model, precision).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    loaded = LoadedClip(model, preprocess, identity(name_or_path, path, model))
+    loaded = LoadedClip(model, preprocess, identity(name_or_path, path, model), precision)
     _loaded[key] = loaded
     return loaded
 
 
-def load_for(meta: dict[str, Any], override: str | None = None, device="cpu") -> LoadedClip:
+def load_for(
+    meta: dict[str, Any],
+    override: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+) -> LoadedClip:
     """The CLIP model an artifact was made with: by its recorded name, else its recorded path.
 
-    `override` (a name or path) replaces the recorded one and must have the same digest.
+    `override` (a name or path) replaces the recorded one and must have the same digest;
+    `device` and `precision` are as in load.
     """
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     recorded = meta.get("model") or {}
     candidates = [override] if override else [recorded.get("name"), recorded.get("path")]
     candidates = [c for c in candidates if c]
@@ -127,7 +236,7 @@ def load_for(meta: dict[str, Any], override: str | None = None, device="cpu") ->
     last: Exception | None = None
     for cand in candidates:
         try:
-            loaded = load(cand, device)
+            loaded = load(cand, device, precision)
         except (UsageError, ArtifactError) as e:
             if override and isinstance(e, UsageError):
                 raise  # a misspelt --model: the usage error with its suggestion

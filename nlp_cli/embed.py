@@ -27,7 +27,7 @@ import contextlib
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class EmbedOptions:
-    """What the features depend on (views, seed, skip_bad) and how the work is run."""
+    """What the features depend on (views, seed, skip_bad) and how the work is run.
+
+    `precision` (clip_model.PRECISIONS; None: fp16 on CUDA, fp32 on CPU) is how the work is
+    run, like the device: it stays out of the cache key and the features are fp16 either way.
+    """
 
     views: int = 0
     seed: int = 0
@@ -53,6 +57,7 @@ class EmbedOptions:
     workers: int = 0
     device: str = "cpu"
     shard_size: int = 1024
+    precision: str | None = None
 
     def validate(self) -> None:
         """Refuse impossible settings in one line."""
@@ -199,6 +204,8 @@ def encode_shards(
     runs after each shard is safely on disk."""
     from safetensors.torch import save_file
 
+    from nlp_cli.clip_model import autocast
+
     rank, world = _dist()
     work.mkdir(parents=True, exist_ok=True)
     shards = [s for k, s in enumerate(_shards(ds, opts.shard_size)) if k % world == rank]
@@ -210,8 +217,9 @@ def encode_shards(
     model = loaded.model
     device = torch.device(opts.device)
     size = int(model.visual.input_resolution)
-    dtype = next(model.visual.parameters()).dtype
-    amp = device.type == "cuda"
+    # model.dtype, not a parameter's: under CLIP's half layout class_embedding stays fp32.
+    dtype = model.dtype
+    pin = device.type == "cuda"
     for split, a, b in todo:
         images = ImageSet(
             ds.root,
@@ -224,11 +232,11 @@ def encode_shards(
             opts.seed,
         )
         loader = torch.utils.data.DataLoader(
-            images, batch_size=opts.batch_size, num_workers=opts.workers, pin_memory=amp
+            images, batch_size=opts.batch_size, num_workers=opts.workers, pin_memory=pin
         )
         feats, views, oks = [], [], []
         for plain, aug, ok in loader:
-            with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+            with torch.no_grad(), autocast(device, loaded.precision):
                 feats.append(model.encode_image(plain.to(device, dtype)).half().cpu())
                 if aug.shape[1]:
                     k = aug.shape[1]
@@ -294,9 +302,10 @@ def embed(
     opts = opts or EmbedOptions()
     if opts.views < 0:
         raise NlpError("--views must be 0 or more")
-    if opts.device.startswith("cuda") and not torch.cuda.is_available():
-        raise NlpError(f"device {opts.device} requested but CUDA is not available")
-    loaded = clip_model.load(model, device=opts.device)
+    device = clip_model.resolve_device(opts.device)
+    precision = clip_model.resolve_precision(opts.precision, device)
+    opts = replace(opts, device=device, precision=precision)
+    loaded = clip_model.load(model, device=device, precision=precision)
     options = opts.key_options()
     key = artifacts.cache_key(
         "features", {"model": loaded.identity["digest"], "data": ds.digest()}, options

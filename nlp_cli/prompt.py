@@ -39,7 +39,9 @@ class PromptLearner(nn.Module):
         if position not in POSITIONS:
             raise ValueError(f"class token position must be one of {POSITIONS}")
         width = model.ln_final.weight.shape[0]
-        dtype = model.token_embedding.weight.dtype
+        # CoOp: ctx and the frozen token embeddings live in the dtype CLIP computes in (fp16
+        # under its half layout), while token_embedding itself stays fp32.
+        dtype = model.dtype
         device = model.token_embedding.weight.device
         names = [c.replace("_", " ") for c in classnames]
         n_cls = len(names)
@@ -55,9 +57,10 @@ class PromptLearner(nn.Module):
             prefix_text = init_words
         else:
             shape = (n_cls, n_ctx, width) if csc else (n_ctx, width)
-            ctx = torch.empty(shape, dtype=dtype)
+            # Drawn in fp32 whatever the dtype: the same seed gives the same (rounded) context.
+            ctx = torch.empty(shape, dtype=torch.float32)
             nn.init.normal_(ctx, std=0.02, generator=generator)
-            ctx = ctx.to(device)
+            ctx = ctx.to(device, dtype)
             prefix_text = " ".join(["X"] * n_ctx)
 
         self.ctx = nn.Parameter(ctx)
