@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from nlp_cli import __version__
-from nlp_cli.errors import ArtifactError
+from nlp_cli.errors import ArtifactError, UsageError
 from nlp_cli.home import artifacts_dir
 
 SCHEMA = 1
@@ -123,6 +123,87 @@ def ensure_writable(path: Path | str) -> None:
         raise ArtifactError(f"cannot write to {parent}: {e.strerror or e}") from e
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ArtifactError(f"cannot write to {parent}: permission denied")
+
+
+def check_output(
+    out: Path | str | None, inputs: list[Path | str | None] | tuple = (), what: str = "--out"
+) -> None:
+    """Refuse, before any work, an output path that would destroy what the stage reads.
+
+    One `UsageError` line for: a path holding a newline (stdout carries one path a line), an
+    existing folder, an input itself, or an artifact an input was made from (the `upstream`
+    references in each input's metadata, followed recursively). Paths are compared resolved,
+    so a symlink, `./x` and `/abs/x` all count, as do hard links. A missing or unreadable input
+    or upstream file is passed over (loading it gives its own error). Then `ensure_writable`.
+    """
+    if out is None:
+        return
+    text = str(out)
+    if "\n" in text or "\r" in text:
+        raise UsageError(f"{what} {text!r} contains a newline: name a file without one")
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"{what} {out} is an existing folder: name a file to write")
+    real = os.path.realpath(out)
+    for given in inputs:
+        if given is None:
+            continue
+        for path, made in _inputs_and_upstream(Path(given)):
+            if os.path.realpath(path) != real and not _same_file(path, out):
+                continue
+            if made is None:
+                raise UsageError(
+                    f"{what} {out} is the input {given}: writing it would destroy the input "
+                    "(choose another path)"
+                )
+            same = "" if str(path) == str(out) else f" (that is {path})"
+            via = "" if made == Path(given) else f" through {made}"
+            raise UsageError(
+                f"{what} {out}{same} is an artifact the input {given} was made from{via}: "
+                f"writing it would break {given} (choose another path)"
+            )
+    ensure_writable(out)
+
+
+def _inputs_and_upstream(start: Path) -> Iterator[tuple[Path, Path | None]]:
+    """`start` (with None), then every upstream artifact reachable from it (with its user)."""
+    yield start, None
+    seen = {os.path.realpath(start)}
+    todo = [start]
+    while todo:
+        path = todo.pop()
+        for ref in _upstream_paths(path):
+            key = os.path.realpath(ref)
+            if key in seen or not ref.is_file():
+                continue
+            seen.add(key)
+            yield ref, path
+            todo.append(ref)
+
+
+def _upstream_paths(path: Path) -> list[Path]:
+    """The paths in an artifact's `upstream` references; [] for anything unreadable."""
+    from safetensors import safe_open
+
+    try:
+        if not path.is_file():
+            return []
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("upstream")
+        upstream = json.loads(raw) if raw else {}
+    except Exception:  # not an artifact: its own load reports that
+        return []
+    refs = list(upstream.values()) if isinstance(upstream, dict) else upstream
+    if not isinstance(refs, list):
+        return []
+    return [Path(r["path"]) for r in refs if isinstance(r, dict) and isinstance(r.get("path"), str)]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
