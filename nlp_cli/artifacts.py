@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -58,22 +59,80 @@ class Artifact:
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`, else delete it."""
+    """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
+
+    * A character or block device or a FIFO (`/dev/null`, a named pipe, `>(cmd)`) is written
+      through: the path itself is yielded, never renamed over (as root, a rename would replace
+      `/dev/null` with a regular file).
+    * A symlink is kept: the temporary file goes beside the link's resolved target and is
+      renamed over that target.
+    * The new file gets the mode of the file it replaces, or `0o666 & ~umask` for a new file
+      (what `open()` would give it), not mkstemp's 0600.
+    """
     path = Path(path)
-    parent = path.parent
+    if _is_special(path):
+        yield path
+        return
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target.is_dir():
+        raise ArtifactError(f"{path} is a folder: name a file to write")
+    _refuse_odd_file(path, target)
+    parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     except OSError as e:
         raise ArtifactError(f"cannot write to {parent}: {e.strerror or e}") from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        os.chmod(tmp_path, _file_mode(target))
+        os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _is_special(path: Path) -> bool:
+    """A character or block device or a FIFO (through any symlinks): written through, in place."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)
+
+
+def _refuse_odd_file(path: Path, target: Path) -> None:
+    """Refuse to rename over what is neither a regular file nor absent (a socket, say)."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise ArtifactError(f"{path} is not a regular file: cannot write an artifact to it")
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(target: Path) -> int:
+    """The permission bits a rewritten `target` keeps, or those `open()` gives a new file."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -116,7 +175,14 @@ def step_done() -> None:
 
 def ensure_writable(path: Path | str) -> None:
     """Fail in one line, before any work, when the folder of `path` cannot be made or written."""
-    parent = Path(path).parent
+    path = Path(path)
+    if _is_special(path):  # a device or a FIFO is written through, in place
+        if not os.access(path, os.W_OK):
+            raise ArtifactError(f"cannot write to {path}: permission denied")
+        return
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -212,7 +278,8 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a FIFO or /dev/null cannot fsync
+                os.fsync(f.fileno())
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -391,8 +458,12 @@ def check_compatible(a: Artifact | dict, b: Artifact | dict, what: str) -> None:
 
 
 def cached(path: Path, key: str, kind: str) -> bool:
-    """True when `path` already holds a readable artifact of `kind` made with `key`."""
-    if not path.exists():
+    """True when `path` already holds a readable artifact of `kind` made with `key`.
+
+    Only a regular file can: a device or a FIFO at `--out` is never read (reading a FIFO
+    would wait for a writer that never comes).
+    """
+    if not Path(path).is_file():
         return False
     try:
         meta = read_meta(path)

@@ -8,6 +8,9 @@ docs/RELIABILITY.md lists each case with the test that holds it.
 from __future__ import annotations
 
 import os
+import socket
+import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,111 @@ def test_output_with_a_newline_or_that_is_a_folder_is_refused(tmp_path):
     with pytest.raises(ArtifactError, match="cannot write"):  # still checks writability
         artifacts.check_output(blocker / "out.st", [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+# --- atomic writes: devices, FIFOs, symlinks, permissions --------------------------------------
+
+
+@pytest.fixture
+def devnull(tmp_path) -> Path:
+    """A private /dev/null (char device 1:3), so that a bug cannot replace the real one."""
+    path = tmp_path / "null"
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        with open(path, "wb") as f:
+            f.write(b"probe")
+    except OSError as e:  # not root, or a nodev mount
+        pytest.skip(f"cannot make a device node here: {e}")
+    return path
+
+
+def _labelset_tensors():
+    return {"labels": torch.zeros(2).long(), "true_labels": torch.zeros(2).long()} | {
+        "index": torch.arange(2)
+    }
+
+
+def test_a_device_is_written_through_never_renamed_over(devnull, tmp_path):
+    artifacts.ensure_writable(devnull)
+    artifacts.check_output(devnull, [])
+    artifacts.atomic_write_text(devnull, "x")
+    artifacts.save(devnull, "labelset", _labelset_tensors(), {})
+    (tmp_path / "to-null").symlink_to(devnull)  # through a symlink too
+    artifacts.atomic_write_bytes(tmp_path / "to-null", b"y")
+    assert stat.S_ISCHR(os.stat(devnull).st_mode)
+    assert (tmp_path / "to-null").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null", "to-null"]  # no temp file
+
+
+def test_a_fifo_is_written_through(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert not artifacts.cached(fifo, "key", "labelset")  # not read: that would wait forever
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    path = artifacts.save(fifo, "labelset", _labelset_tensors(), {"classnames": ["a"]})
+    reader.join(30)
+    assert path == fifo and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    from safetensors.torch import load
+
+    assert torch.equal(load(got[0])["index"], torch.arange(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
+
+def test_a_symlink_is_kept_and_its_target_replaced(tmp_path):
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    target = real_dir / "result.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(Path("real") / "result.json")  # relative, as `ln -s` makes them
+    chained = tmp_path / "chained.json"
+    chained.symlink_to(link)
+    artifacts.atomic_write_text(chained, "new")
+    assert link.is_symlink() and chained.is_symlink() and target.read_text() == "new"
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(real_dir / "later.json")
+    artifacts.save(dangling, "labelset", _labelset_tensors(), {})
+    assert dangling.is_symlink() and artifacts.load(real_dir / "later.json").kind == "labelset"
+    assert sorted(p.name for p in real_dir.iterdir()) == ["later.json", "result.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "chained.json",
+        "dangling.json",
+        "link.json",
+        "real",
+    ]
+
+
+def test_new_files_get_umask_permissions_and_rewrites_keep_their_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        artifacts.atomic_write_text(tmp_path / "new.json", "{}")
+        artifacts.save(tmp_path / "new.st", "labelset", _labelset_tensors(), {})
+        with artifacts.atomic_path(tmp_path / "new.pt") as tmp:
+            torch.save({"x": 1}, tmp)
+    finally:
+        os.umask(old)
+    for name in ("new.json", "new.st", "new.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+    for mode in (0o600, 0o755, 0o444):
+        p = tmp_path / f"kept-{mode:o}.st"
+        p.write_text("old")
+        p.chmod(mode)
+        artifacts.save(p, "labelset", _labelset_tensors(), {})
+        assert stat.S_IMODE(p.stat().st_mode) == mode and artifacts.load(p).kind == "labelset"
+
+
+def test_a_socket_or_folder_is_not_replaced(tmp_path):
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "s"))
+        with pytest.raises(ArtifactError, match="not a regular file"):
+            artifacts.atomic_write_text(tmp_path / "s", "x")
+        assert stat.S_ISSOCK(os.stat(tmp_path / "s").st_mode)
+    finally:
+        sock.close()
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ArtifactError, match="is a folder"):
+        artifacts.atomic_write_text(tmp_path / "d", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "s"]
