@@ -334,12 +334,28 @@ def save(
     missing = [t for t in REQUIRED_TENSORS[kind] if t not in tensors]
     if missing:
         raise ValueError(f"a {kind} artifact needs tensors {missing}")
+    check_finite(path, tensors)
     full = {"kind": kind, "schema": SCHEMA, "nlp_version": __version__, **meta}
     encoded = {k: json.dumps(v, sort_keys=True) for k, v in full.items()}
     data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, encoded)
     path = Path(path)
     atomic_write_bytes(path, data)
     return path
+
+
+def check_finite(path: Path | str, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse, in one line naming the tensor, to write a floating tensor holding NaN or ±inf."""
+    for name, t in tensors.items():
+        if not t.is_floating_point() or not t.numel():
+            continue
+        flat = t.detach().reshape(-1)
+        # in chunks, so that the check needs little memory beside a large tensor
+        if all(bool(torch.isfinite(c).all()) for c in flat.split(1 << 24)):
+            continue
+        bad = sum(int((~torch.isfinite(c)).sum()) for c in flat.split(1 << 24))
+        raise ArtifactError(
+            f"refusing to write {path}: its tensor {name} holds {bad} NaN or infinite value(s)"
+        )
 
 
 def read_meta(path: Path | str) -> dict[str, Any]:

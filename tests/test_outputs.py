@@ -231,3 +231,27 @@ def test_a_socket_or_folder_is_not_replaced(tmp_path):
     with pytest.raises(ArtifactError, match="is a folder"):
         artifacts.atomic_write_text(tmp_path / "d", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "s"]
+
+
+# --- no non-finite artifact is ever written ----------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_save_refuses_non_finite_tensors(tmp_path, bad, dtype):
+    p = tmp_path / "prompt.st"
+    artifacts.save(p, "prompt", {"ctx": torch.zeros(2, 4)}, {})
+    before = p.read_bytes()
+    ctx = torch.zeros(2, 4, dtype=dtype)
+    ctx[1, 2] = bad
+    with pytest.raises(
+        ArtifactError, match=r"prompt.st: its tensor history.loss holds 1 NaN or inf"
+    ):
+        artifacts.save(p, "prompt", {"ctx": torch.zeros(2, 4), "history.loss": ctx}, {})
+    assert p.read_bytes() == before and [f.name for f in tmp_path.iterdir()] == ["prompt.st"]
+    with pytest.raises(ArtifactError, match="its tensor ctx holds"):
+        artifacts.save(tmp_path / "other.st", "prompt", {"ctx": ctx}, {})
+    assert not (tmp_path / "other.st").exists()
+    # integers, booleans and empty tensors pass; the check is one pass for finite tensors
+    fine = {"ctx": torch.zeros(0, 4, dtype=dtype), "n": torch.arange(3), "b": torch.ones(2) > 0}
+    artifacts.save(tmp_path / "fine.st", "prompt", fine, {})

@@ -20,7 +20,7 @@ from conftest import make_features
 from PIL import Image
 from safetensors.torch import save_file
 
-from nlp_cli import artifacts, clip_model, datasets
+from nlp_cli import __version__, artifacts, clip_model, datasets
 from nlp_cli.embed import EmbedOptions, embed
 from nlp_cli.errors import ArtifactError, NlpError
 
@@ -28,7 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def rewrite(src: Path, dst: Path, tensors=None, **meta_changes) -> Path:
-    """Copy an artifact with some tensors and metadata replaced (None deletes a key)."""
+    """Copy an artifact with some tensors and metadata replaced (None deletes a key).
+
+    Written without `artifacts.save`, which refuses the NaN tensors some cases need.
+    """
     art = artifacts.load(src)
     t = dict(art.tensors) | (tensors or {})
     meta = {k: v for k, v in art.meta.items() if k not in ("kind", "schema", "nlp_version")}
@@ -37,7 +40,15 @@ def rewrite(src: Path, dst: Path, tensors=None, **meta_changes) -> Path:
             meta.pop(k, None)
         else:
             meta[k] = v
-    return artifacts.save(dst, art.kind, t, meta)
+    return save_unchecked(dst, art.kind, t, meta)
+
+
+def save_unchecked(path: Path, kind: str, tensors: dict, meta: dict) -> Path:
+    """An artifact as `artifacts.save` writes it, but without its checks (e.g. for NaN)."""
+    full = {"kind": kind, "schema": artifacts.SCHEMA, "nlp_version": __version__, **meta}
+    encoded = {k: json.dumps(v, sort_keys=True) for k, v in full.items()}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), encoded)
+    return Path(path)
 
 
 def make_labelset(path: Path, features: Path, flip: int = 5, classnames=None) -> Path:
