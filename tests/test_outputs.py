@@ -7,9 +7,11 @@ docs/RELIABILITY.md lists each case with the test that holds it.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import stat
+import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 from nlp_cli import artifacts
+from nlp_cli.cli import output
 from nlp_cli.errors import ArtifactError, UsageError
 
 
@@ -255,3 +258,26 @@ def test_save_refuses_non_finite_tensors(tmp_path, bad, dtype):
     # integers, booleans and empty tensors pass; the check is one pass for finite tensors
     fine = {"ctx": torch.zeros(0, 4, dtype=dtype), "n": torch.arange(3), "b": torch.ones(2) > 0}
     artifacts.save(tmp_path / "fine.st", "prompt", fine, {})
+
+
+# --- stdin naming several artifacts ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["/x/a.st\n/x/b.st\n", "\n/x/a.st\n\n  /x/b.st \n/x/c.st\n", "a\r\nb\r\n"]
+)
+def test_stdin_with_several_paths_is_refused(monkeypatch, text):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    with pytest.raises(UsageError, match=r"no single label set given: stdin holds [23] lines"):
+        output.input_path(None, "label set")
+
+
+def test_stdin_with_one_path_among_blank_lines_is_taken(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n  \n/x/labels.st  \n\n"))
+    assert output.input_path(None) == Path("/x/labels.st")
+
+
+def test_several_paths_on_stdin_is_one_line_for_a_stage(cli):
+    r = cli("analyze-grad", stdin="/x/a.safetensors\n/x/b.safetensors\n")
+    assert r.code == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: no single label set given: stdin holds 2 lines")

@@ -446,6 +446,7 @@ def test_the_same_command_succeeds_on_good_input(cli, inputs):
     ("", 2, "stdin was empty"),
     ("\n \n", 2, "stdin was empty"),
     ("/no/such/labels.safetensors\n", 1, "no such file"),
+    ("/x/a.safetensors\n/x/b.safetensors\n", 2, "stdin holds 2 lines"),
 ])  # fmt: skip
 def test_stdin_faults(cli, stdin, code, pattern):
     r = cli("analyze-grad", stdin=stdin)
