@@ -492,6 +492,24 @@ def test_ctrl_c_is_one_line_and_exit_130(cli, inputs, monkeypatch):
     assert r.code == 130 and r.stdout == "" and r.stderr == "error: interrupted\n"
 
 
+def test_sigterm_handler_lives_only_while_a_command_runs(cli, monkeypatch):
+    """`run` raises Terminated on SIGTERM while it runs and puts the old handler back after."""
+    from nlp_cli.cli import output
+
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def peek(*a, **k):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise NlpError("stop here")
+
+    monkeypatch.setattr(output, "input_path", peek)
+    r = cli("analyze-grad")
+    assert r.code == 1 and r.stderr == "error: stop here\n"
+    assert callable(seen[0]) and seen[0] is not before
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_damaged_artifact_at_out_is_replaced_not_trusted(cli, inputs):
     tmp, feats, labels, clip = inputs
     out = tmp / "r.json"
@@ -722,7 +740,15 @@ def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: fl
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+KILLS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
+# SIGINT (Ctrl-C) and SIGTERM (Slurm, `timeout`, `docker stop`) unwind cleanly; SIGKILL cannot.
+CLEAN_EXIT = {
+    signal.SIGINT: (130, "error: interrupted"),
+    signal.SIGTERM: (143, "error: terminated"),
+}
+
+
+@pytest.mark.parametrize("sig", KILLS, ids=[s.name for s in KILLS])
 def test_embed_killed_part_way_resumes_to_the_same_features(
     interrupt_data, tiny_clip, tmp_path, sig
 ):
@@ -741,8 +767,10 @@ def test_embed_killed_part_way_resumes_to_the_same_features(
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert stdout == "" and not out.exists()
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted"
+    if sig in CLEAN_EXIT:
+        code, line = CLEAN_EXIT[sig]
+        assert proc.returncode == code and stderr.strip().splitlines()[-1] == line, stderr
+        assert "Traceback" not in stderr
         assert not list(tmp_path.rglob("*.tmp"))  # the shard being written was cleaned away
     else:
         assert proc.returncode == -signal.SIGKILL
@@ -822,7 +850,7 @@ def test_damaged_clip_checkpoint_is_one_line(cli, tiny_clip, tmp_path, damage):
 TRAIN_ARGS = ["--epochs", "5", "--batch-size", "20", "--n-ctx", "4", "--loss", "dsoftmax"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", KILLS, ids=[s.name for s in KILLS])
 def test_train_killed_part_way_resumes_to_the_same_prompt(cli, inputs, sig):
     tmp, feats, labels, clip = inputs
     r = cli("train", labels, *TRAIN_ARGS, "--out", tmp / "ref.st")
@@ -840,8 +868,9 @@ def test_train_killed_part_way_resumes_to_the_same_prompt(cli, inputs, sig):
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert stdout == "" and not out.exists() and ckpt.exists()
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted"
+    if sig in CLEAN_EXIT:
+        code, line = CLEAN_EXIT[sig]
+        assert proc.returncode == code and stderr.strip().splitlines()[-1] == line, stderr
     else:
         assert proc.returncode == -signal.SIGKILL
     done = torch.load(ckpt, weights_only=True)["epoch"]
