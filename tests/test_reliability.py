@@ -636,6 +636,27 @@ def test_a_damaged_shard_is_redone(tiny_clip, tmp_path, damage):
         torch.testing.assert_close(got[k], ref[k])
 
 
+def test_an_image_fixed_in_place_is_not_a_cache_hit(tiny_clip, tmp_path):
+    """The cache key holds each image's size and mtime: fixed images give fresh features."""
+    data = tmp_path / "d"
+    textured(data / "train", ["a", "b"], 2)
+    textured(data / "test", ["a", "b"], 1)
+    first = embed(datasets.load(str(data)), str(tiny_clip), out=tmp_path / "f.st")
+    before = artifacts.load(first.path).tensors["train.features"].clone()
+    fixed = data / "train" / "a" / "0.png"
+    assert datasets.load(str(data)).digest() == datasets.load(str(data)).digest()
+    Image.new("RGB", (22, 18), (0, 200, 0)).save(fixed)  # same path, new content
+    again = embed(datasets.load(str(data)), str(tiny_clip), out=tmp_path / "f.st")
+    assert not again.cache_hit
+    after = artifacts.load(again.path).tensors["train.features"]
+    assert not torch.equal(after[0], before[0]) and torch.equal(after[1:], before[1:])
+    # the same size with only the mtime changed (a copy kept its size) is a new key too
+    digest = datasets.load(str(data)).digest()
+    st = fixed.stat()
+    os.utime(fixed, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert datasets.load(str(data)).digest() != digest
+
+
 def load_raw_shard(ds, clip, opts, tmp) -> bytes:
     from nlp_cli.embed import encode_shards
 
