@@ -636,6 +636,53 @@ def test_a_damaged_shard_is_redone(tiny_clip, tmp_path, damage):
         torch.testing.assert_close(got[k], ref[k])
 
 
+def _shards_of_size(old: int, new: int, opts_old: EmbedOptions | None = None, raw=False):
+    def make(ds, clip, work, key):
+        from nlp_cli.embed import encode_shards
+
+        opts = opts_old or EmbedOptions(shard_size=old)
+        encode_shards(ds, clip_model.load(str(clip)), opts, work, key=key)
+        sorted(work.glob("train-*"))[-1].unlink()  # as if interrupted before the last shard
+        if raw:  # shards from before they recorded their content: no metadata
+            for p in work.iterdir():
+                save_file(load_raw(p), str(p))
+        return new
+
+    return make
+
+
+# (id, how the work folder is left, the --shard-size of the rerun, images the rerun trusts)
+SHARD_LEFTOVERS = [
+    ("size-2-then-3", _shards_of_size(2, 3), 2),  # only the test shard (0..2) is the same
+    ("size-3-then-2", _shards_of_size(3, 2), 2),
+    ("other-views", _shards_of_size(2, 2, EmbedOptions(shard_size=2, views=1)), 0),
+    ("no-record", _shards_of_size(2, 2, raw=True), 0),
+]
+
+
+@pytest.mark.parametrize("case,leave,trusted", SHARD_LEFTOVERS, ids=[c[0] for c in SHARD_LEFTOVERS])
+def test_shards_of_another_run_are_redone_not_trusted(tiny_clip, tmp_path, case, leave, trusted):
+    """Shards are trusted by their recorded split, start, count and options, not by name."""
+    textured(tmp_path / "d" / "train", ["a", "b"], 3)
+    textured(tmp_path / "d" / "test", ["a", "b"], 1)
+    ds = datasets.load(str(tmp_path / "d"))
+    ref_res = embed(ds, str(tiny_clip), EmbedOptions(shard_size=3), tmp_path / "ref.st")
+    ref = artifacts.load(ref_res.path).tensors
+    key = artifacts.read_meta(ref_res.path)["key"]
+    out = tmp_path / "out.st"
+    work = tmp_path / f".out.st.{key}.work"
+    size = leave(ds, tiny_clip, work, key)
+    progress: list[tuple[int, int]] = []
+    opts = EmbedOptions(shard_size=size)
+    res = embed(ds, str(tiny_clip), opts, out, lambda d, t: progress.append((d, t)))
+    assert progress[0] == (trusted, 8)
+    got = artifacts.load(res.path).tensors
+    assert set(got) == set(ref)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])
+    assert not work.exists()
+
+
 def test_an_image_fixed_in_place_is_not_a_cache_hit(tiny_clip, tmp_path):
     """The cache key holds each image's size and mtime: fixed images give fresh features."""
     data = tmp_path / "d"
