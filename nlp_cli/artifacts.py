@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from nlp_cli import __version__
-from nlp_cli.errors import ArtifactError
+from nlp_cli.errors import ArtifactError, UsageError
 from nlp_cli.home import artifacts_dir
 
 SCHEMA = 1
@@ -57,22 +58,80 @@ class Artifact:
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`, else delete it."""
+    """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
+
+    * A character or block device or a FIFO (`/dev/null`, a named pipe, `>(cmd)`) is written
+      through: the path itself is yielded, never renamed over (as root, a rename would replace
+      `/dev/null` with a regular file).
+    * A symlink is kept: the temporary file goes beside the link's resolved target and is
+      renamed over that target.
+    * The new file gets the mode of the file it replaces, or `0o666 & ~umask` for a new file
+      (what `open()` would give it), not mkstemp's 0600.
+    """
     path = Path(path)
-    parent = path.parent
+    if _is_special(path):
+        yield path
+        return
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target.is_dir():
+        raise ArtifactError(f"{path} is a folder: name a file to write")
+    _refuse_odd_file(path, target)
+    parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     except OSError as e:
         raise ArtifactError(f"cannot write to {parent}: {e.strerror or e}") from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        os.chmod(tmp_path, _file_mode(target))
+        os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _is_special(path: Path) -> bool:
+    """A character or block device or a FIFO (through any symlinks): written through, in place."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)
+
+
+def _refuse_odd_file(path: Path, target: Path) -> None:
+    """Refuse to rename over what is neither a regular file nor absent (a socket, say)."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise ArtifactError(f"{path} is not a regular file: cannot write an artifact to it")
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(target: Path) -> int:
+    """The permission bits a rewritten `target` keeps, or those `open()` gives a new file."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -104,7 +163,14 @@ def locked(path: Path | str) -> Iterator[None]:
 
 def ensure_writable(path: Path | str) -> None:
     """Fail in one line, before any work, when the folder of `path` cannot be made or written."""
-    parent = Path(path).parent
+    path = Path(path)
+    if _is_special(path):  # a device or a FIFO is written through, in place
+        if not os.access(path, os.W_OK):
+            raise ArtifactError(f"cannot write to {path}: permission denied")
+        return
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -113,13 +179,95 @@ def ensure_writable(path: Path | str) -> None:
         raise ArtifactError(f"cannot write to {parent}: permission denied")
 
 
+def check_output(
+    out: Path | str | None, inputs: list[Path | str | None] | tuple = (), what: str = "--out"
+) -> None:
+    """Refuse, before any work, an output path that would destroy what the stage reads.
+
+    One `UsageError` line for: a path holding a newline (stdout carries one path a line), an
+    existing folder, an input itself, or an artifact an input was made from (the `upstream`
+    references in each input's metadata, followed recursively). Paths are compared resolved,
+    so a symlink, `./x` and `/abs/x` all count, as do hard links. A missing or unreadable input
+    or upstream file is passed over (loading it gives its own error). Then `ensure_writable`.
+    """
+    if out is None:
+        return
+    text = str(out)
+    if "\n" in text or "\r" in text:
+        raise UsageError(f"{what} {text!r} contains a newline: name a file without one")
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"{what} {out} is an existing folder: name a file to write")
+    real = os.path.realpath(out)
+    for given in inputs:
+        if given is None:
+            continue
+        for path, made in _inputs_and_upstream(Path(given)):
+            if os.path.realpath(path) != real and not _same_file(path, out):
+                continue
+            if made is None:
+                raise UsageError(
+                    f"{what} {out} is the input {given}: writing it would destroy the input "
+                    "(choose another path)"
+                )
+            same = "" if str(path) == str(out) else f" (that is {path})"
+            via = "" if made == Path(given) else f" through {made}"
+            raise UsageError(
+                f"{what} {out}{same} is an artifact the input {given} was made from{via}: "
+                f"writing it would break {given} (choose another path)"
+            )
+    ensure_writable(out)
+
+
+def _inputs_and_upstream(start: Path) -> Iterator[tuple[Path, Path | None]]:
+    """`start` (with None), then every upstream artifact reachable from it (with its user)."""
+    yield start, None
+    seen = {os.path.realpath(start)}
+    todo = [start]
+    while todo:
+        path = todo.pop()
+        for ref in _upstream_paths(path):
+            key = os.path.realpath(ref)
+            if key in seen or not ref.is_file():
+                continue
+            seen.add(key)
+            yield ref, path
+            todo.append(ref)
+
+
+def _upstream_paths(path: Path) -> list[Path]:
+    """The paths in an artifact's `upstream` references; [] for anything unreadable."""
+    from safetensors import safe_open
+
+    try:
+        if not path.is_file():
+            return []
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("upstream")
+        upstream = json.loads(raw) if raw else {}
+    except Exception:  # not an artifact: its own load reports that
+        return []
+    refs = list(upstream.values()) if isinstance(upstream, dict) else upstream
+    if not isinstance(refs, list):
+        return []
+    return [Path(r["path"]) for r in refs if isinstance(r, dict) and isinstance(r.get("path"), str)]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write bytes so that `path` is either its old content or the complete new one."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a FIFO or /dev/null cannot fsync
+                os.fsync(f.fileno())
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -174,12 +322,28 @@ def save(
     missing = [t for t in REQUIRED_TENSORS[kind] if t not in tensors]
     if missing:
         raise ValueError(f"a {kind} artifact needs tensors {missing}")
+    check_finite(path, tensors)
     full = {"kind": kind, "schema": SCHEMA, "nlp_version": __version__, **meta}
     encoded = {k: json.dumps(v, sort_keys=True) for k, v in full.items()}
     data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, encoded)
     path = Path(path)
     atomic_write_bytes(path, data)
     return path
+
+
+def check_finite(path: Path | str, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse, in one line naming the tensor, to write a floating tensor holding NaN or ±inf."""
+    for name, t in tensors.items():
+        if not t.is_floating_point() or not t.numel():
+            continue
+        flat = t.detach().reshape(-1)
+        # in chunks, so that the check needs little memory beside a large tensor
+        if all(bool(torch.isfinite(c).all()) for c in flat.split(1 << 24)):
+            continue
+        bad = sum(int((~torch.isfinite(c)).sum()) for c in flat.split(1 << 24))
+        raise ArtifactError(
+            f"refusing to write {path}: its tensor {name} holds {bad} NaN or infinite value(s)"
+        )
 
 
 def read_meta(path: Path | str) -> dict[str, Any]:
@@ -298,8 +462,12 @@ def check_compatible(a: Artifact | dict, b: Artifact | dict, what: str) -> None:
 
 
 def cached(path: Path, key: str, kind: str) -> bool:
-    """True when `path` already holds a readable artifact of `kind` made with `key`."""
-    if not path.exists():
+    """True when `path` already holds a readable artifact of `kind` made with `key`.
+
+    Only a regular file can: a device or a FIFO at `--out` is never read (reading a FIFO
+    would wait for a writer that never comes).
+    """
+    if not Path(path).is_file():
         return False
     try:
         meta = read_meta(path)

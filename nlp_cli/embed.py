@@ -10,8 +10,10 @@
   with `skip_bad=True` such images are left out, counted, and listed in the artifact's
   metadata under `skipped` (`{split: [paths]}`), and the `paths`/labels hold only the rest.
 * Work is done in shards of `shard_size` images written atomically into a work folder beside
-  the output (`.<out name>.<key>.work/`); an interrupted run resumes from the shards present,
-  the shards are merged into the artifact at the end and the work folder is removed. An
+  the output (`.<out name>.<key>.work/`); an interrupted run resumes from the shards present
+  whose recorded content (split, start, count, options, key) matches what it needs, so a rerun
+  with another `shard_size` re-encodes the shards that differ instead of failing. The shards
+  are merged into the artifact at the end and the work folder is removed. An
   identical rerun finds the artifact by its cache key and does nothing. A lock file beside the
   output (`.<out name>.lock`, flock) makes two processes embedding the same dataset take turns:
   the second finds the first's artifact and does nothing.
@@ -24,6 +26,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 from collections.abc import Callable
@@ -182,14 +185,38 @@ def _shard_file(work: Path, split: str, start: int) -> Path:
     return work / f"{split}-{start:09d}.safetensors"
 
 
-def _readable(path: Path) -> bool:
+def _shard_meta(split: str, a: int, b: int, opts: EmbedOptions, key: str) -> dict[str, str]:
+    """What a shard holds, recorded in its metadata: split, start, count, options and key."""
+    return {
+        "split": split,
+        "start": str(a),
+        "count": str(b - a),
+        "options": json.dumps(opts.key_options(), sort_keys=True),
+        "key": key,
+    }
+
+
+def _shard_ok(path: Path, split: str, a: int, b: int, opts: EmbedOptions, key: str) -> bool:
+    """True when the shard at `path` holds exactly images a..b of `split` made with `opts`.
+
+    Shards are trusted by their recorded content, not by their file name: a shard left by a run
+    with another --shard-size (or other options, damaged, or from before shards recorded their
+    content) does not match, and is encoded again. Only the header is read.
+    """
     from safetensors import safe_open
 
+    n = b - a
+    views = opts.views if split == "train" else 0
     try:
         with safe_open(str(path), "pt") as f:
-            return "features" in f.keys()
+            if (f.metadata() or {}) != _shard_meta(split, a, b, opts, key):
+                return False
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception:  # a damaged shard is simply redone
         return False
+    if shapes.get("features", (None,))[0] != n or shapes.get("ok") != (n,):
+        return False
+    return not views or shapes.get("views", ())[:2] == (views, n)
 
 
 def encode_shards(
@@ -198,10 +225,15 @@ def encode_shards(
     opts: EmbedOptions,
     work: Path,
     on_progress: Callable[[int, int], None] | None = None,
+    key: str = "",
     on_shard: Callable[[], None] | None = None,
 ) -> None:
-    """Encode every shard of `ds` this rank owns that is not already in `work`; `on_shard()`
-    runs after each shard is safely on disk."""
+    """Encode every shard of `ds` this rank owns that `work` does not already hold.
+
+    `key` (the artifact's cache key) is recorded in each shard next to its split, start, count
+    and options; a shard whose record does not match is encoded again. `on_shard()` runs after
+    each shard is safely on disk.
+    """
     from safetensors.torch import save_file
 
     from nlp_cli.clip_model import autocast
@@ -209,7 +241,7 @@ def encode_shards(
     rank, world = _dist()
     work.mkdir(parents=True, exist_ok=True)
     shards = [s for k, s in enumerate(_shards(ds, opts.shard_size)) if k % world == rank]
-    todo = [s for s in shards if not _readable(_shard_file(work, s[0], s[1]))]
+    todo = [s for s in shards if not _shard_ok(_shard_file(work, s[0], s[1]), *s, opts, key)]
     total = sum(b - a for _, a, b in shards)
     done = total - sum(b - a for _, a, b in todo)
     if on_progress:
@@ -251,13 +283,13 @@ def encode_shards(
         if views:
             tensors["views"] = torch.cat(views, dim=1)
         with artifacts.atomic_path(_shard_file(work, split, a)) as tmp:
-            save_file(tensors, str(tmp))
+            save_file(tensors, str(tmp), _shard_meta(split, a, b, opts, key))
         if on_shard is not None:
             on_shard()
 
 
 def merge_shards(
-    ds: Dataset, opts: EmbedOptions, work: Path
+    ds: Dataset, opts: EmbedOptions, work: Path, key: str = ""
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], dict[str, list[str]]]:
     """The artifact's tensors, the kept paths per split and the skipped paths per split."""
     from safetensors.torch import load_file
@@ -266,11 +298,17 @@ def merge_shards(
     paths: dict[str, list[str]] = {}
     skipped: dict[str, list[str]] = {}
     for split in ds.splits():
-        parts = [
-            load_file(str(_shard_file(work, s, a)))
-            for s, a, _ in _shards(ds, opts.shard_size)
-            if s == split
-        ]
+        parts = []
+        for s, a, b in _shards(ds, opts.shard_size):
+            if s != split:
+                continue
+            path = _shard_file(work, s, a)
+            if not _shard_ok(path, s, a, b, opts, key):  # encode_shards has just checked them
+                raise NlpError(
+                    f"{path} changed while it was merged (another process in {work}?): "
+                    "run the command again to encode it anew"
+                )
+            parts.append(load_file(str(path)))
         ok = torch.cat([p["ok"] for p in parts])
         bad = [ds.paths[split][i] for i in torch.nonzero(~ok).flatten().tolist()]
         if bad and not opts.skip_bad:
@@ -341,12 +379,12 @@ def _encode_and_merge(
 ) -> EmbedResult | None:
     rank, world = _dist()
     work = out.parent / f".{out.name}.{key}.work"
-    encode_shards(ds, loaded, opts, work, on_progress, on_shard)
+    encode_shards(ds, loaded, opts, work, on_progress, key, on_shard)
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
         return None
-    tensors, paths, skipped = merge_shards(ds, opts, work)
+    tensors, paths, skipped = merge_shards(ds, opts, work, key)
     meta = {
         "model": loaded.identity,
         "dataset": ds.name,

@@ -17,6 +17,15 @@ class ArtifactError(NlpError):
     """A missing, damaged or incompatible artifact; exit code 1."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm, `timeout`, `docker stop`), raised in the main thread: handled like Ctrl-C.
+
+    A KeyboardInterrupt, so that whatever cleans up after Ctrl-C (the atomic writes' temporary
+    files, a DataLoader's workers) does the same here; the CLI reports it as `error: terminated`
+    and exits 143 (128 + SIGTERM).
+    """
+
+
 def did_you_mean(name: str, choices: list[str]) -> str:
     """A ' (did you mean X?)' hint for a misspelt name, or ''."""
     import difflib

@@ -20,7 +20,7 @@ from conftest import make_features
 from PIL import Image
 from safetensors.torch import save_file
 
-from nlp_cli import artifacts, clip_model, datasets
+from nlp_cli import __version__, artifacts, clip_model, datasets
 from nlp_cli.embed import EmbedOptions, embed
 from nlp_cli.errors import ArtifactError, NlpError
 
@@ -28,7 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def rewrite(src: Path, dst: Path, tensors=None, **meta_changes) -> Path:
-    """Copy an artifact with some tensors and metadata replaced (None deletes a key)."""
+    """Copy an artifact with some tensors and metadata replaced (None deletes a key).
+
+    Written without `artifacts.save`, which refuses the NaN tensors some cases need.
+    """
     art = artifacts.load(src)
     t = dict(art.tensors) | (tensors or {})
     meta = {k: v for k, v in art.meta.items() if k not in ("kind", "schema", "nlp_version")}
@@ -37,7 +40,15 @@ def rewrite(src: Path, dst: Path, tensors=None, **meta_changes) -> Path:
             meta.pop(k, None)
         else:
             meta[k] = v
-    return artifacts.save(dst, art.kind, t, meta)
+    return save_unchecked(dst, art.kind, t, meta)
+
+
+def save_unchecked(path: Path, kind: str, tensors: dict, meta: dict) -> Path:
+    """An artifact as `artifacts.save` writes it, but without its checks (e.g. for NaN)."""
+    full = {"kind": kind, "schema": artifacts.SCHEMA, "nlp_version": __version__, **meta}
+    encoded = {k: json.dumps(v, sort_keys=True) for k, v in full.items()}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), encoded)
+    return Path(path)
 
 
 def make_labelset(path: Path, features: Path, flip: int = 5, classnames=None) -> Path:
@@ -435,6 +446,7 @@ def test_the_same_command_succeeds_on_good_input(cli, inputs):
     ("", 2, "stdin was empty"),
     ("\n \n", 2, "stdin was empty"),
     ("/no/such/labels.safetensors\n", 1, "no such file"),
+    ("/x/a.safetensors\n/x/b.safetensors\n", 2, "stdin holds 2 lines"),
 ])  # fmt: skip
 def test_stdin_faults(cli, stdin, code, pattern):
     r = cli("analyze-grad", stdin=stdin)
@@ -478,6 +490,24 @@ def test_ctrl_c_is_one_line_and_exit_130(cli, inputs, monkeypatch):
     monkeypatch.setattr(analysis, "prepare", interrupted)
     r = cli("analyze-grad", inputs[2], "--model", inputs[3])
     assert r.code == 130 and r.stdout == "" and r.stderr == "error: interrupted\n"
+
+
+def test_sigterm_handler_lives_only_while_a_command_runs(cli, monkeypatch):
+    """`run` raises Terminated on SIGTERM while it runs and puts the old handler back after."""
+    from nlp_cli.cli import output
+
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def peek(*a, **k):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise NlpError("stop here")
+
+    monkeypatch.setattr(output, "input_path", peek)
+    r = cli("analyze-grad")
+    assert r.code == 1 and r.stderr == "error: stop here\n"
+    assert callable(seen[0]) and seen[0] is not before
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_damaged_artifact_at_out_is_replaced_not_trusted(cli, inputs):
@@ -606,6 +636,74 @@ def test_a_damaged_shard_is_redone(tiny_clip, tmp_path, damage):
         torch.testing.assert_close(got[k], ref[k])
 
 
+def _shards_of_size(old: int, new: int, opts_old: EmbedOptions | None = None, raw=False):
+    def make(ds, clip, work, key):
+        from nlp_cli.embed import encode_shards
+
+        opts = opts_old or EmbedOptions(shard_size=old)
+        encode_shards(ds, clip_model.load(str(clip)), opts, work, key=key)
+        sorted(work.glob("train-*"))[-1].unlink()  # as if interrupted before the last shard
+        if raw:  # shards from before they recorded their content: no metadata
+            for p in work.iterdir():
+                save_file(load_raw(p), str(p))
+        return new
+
+    return make
+
+
+# (id, how the work folder is left, the --shard-size of the rerun, images the rerun trusts)
+SHARD_LEFTOVERS = [
+    ("size-2-then-3", _shards_of_size(2, 3), 2),  # only the test shard (0..2) is the same
+    ("size-3-then-2", _shards_of_size(3, 2), 2),
+    ("other-views", _shards_of_size(2, 2, EmbedOptions(shard_size=2, views=1)), 0),
+    ("no-record", _shards_of_size(2, 2, raw=True), 0),
+]
+
+
+@pytest.mark.parametrize("case,leave,trusted", SHARD_LEFTOVERS, ids=[c[0] for c in SHARD_LEFTOVERS])
+def test_shards_of_another_run_are_redone_not_trusted(tiny_clip, tmp_path, case, leave, trusted):
+    """Shards are trusted by their recorded split, start, count and options, not by name."""
+    textured(tmp_path / "d" / "train", ["a", "b"], 3)
+    textured(tmp_path / "d" / "test", ["a", "b"], 1)
+    ds = datasets.load(str(tmp_path / "d"))
+    ref_res = embed(ds, str(tiny_clip), EmbedOptions(shard_size=3), tmp_path / "ref.st")
+    ref = artifacts.load(ref_res.path).tensors
+    key = artifacts.read_meta(ref_res.path)["key"]
+    out = tmp_path / "out.st"
+    work = tmp_path / f".out.st.{key}.work"
+    size = leave(ds, tiny_clip, work, key)
+    progress: list[tuple[int, int]] = []
+    opts = EmbedOptions(shard_size=size)
+    res = embed(ds, str(tiny_clip), opts, out, lambda d, t: progress.append((d, t)))
+    assert progress[0] == (trusted, 8)
+    got = artifacts.load(res.path).tensors
+    assert set(got) == set(ref)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])
+    assert not work.exists()
+
+
+def test_an_image_fixed_in_place_is_not_a_cache_hit(tiny_clip, tmp_path):
+    """The cache key holds each image's size and mtime: fixed images give fresh features."""
+    data = tmp_path / "d"
+    textured(data / "train", ["a", "b"], 2)
+    textured(data / "test", ["a", "b"], 1)
+    first = embed(datasets.load(str(data)), str(tiny_clip), out=tmp_path / "f.st")
+    before = artifacts.load(first.path).tensors["train.features"].clone()
+    fixed = data / "train" / "a" / "0.png"
+    assert datasets.load(str(data)).digest() == datasets.load(str(data)).digest()
+    Image.new("RGB", (22, 18), (0, 200, 0)).save(fixed)  # same path, new content
+    again = embed(datasets.load(str(data)), str(tiny_clip), out=tmp_path / "f.st")
+    assert not again.cache_hit
+    after = artifacts.load(again.path).tensors["train.features"]
+    assert not torch.equal(after[0], before[0]) and torch.equal(after[1:], before[1:])
+    # the same size with only the mtime changed (a copy kept its size) is a new key too
+    digest = datasets.load(str(data)).digest()
+    st = fixed.stat()
+    os.utime(fixed, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert datasets.load(str(data)).digest() != digest
+
+
 def load_raw_shard(ds, clip, opts, tmp) -> bytes:
     from nlp_cli.embed import encode_shards
 
@@ -710,7 +808,15 @@ def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: fl
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+KILLS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
+# SIGINT (Ctrl-C) and SIGTERM (Slurm, `timeout`, `docker stop`) unwind cleanly; SIGKILL cannot.
+CLEAN_EXIT = {
+    signal.SIGINT: (130, "error: interrupted"),
+    signal.SIGTERM: (143, "error: terminated"),
+}
+
+
+@pytest.mark.parametrize("sig", KILLS, ids=[s.name for s in KILLS])
 def test_embed_killed_part_way_resumes_to_the_same_features(
     interrupt_data, tiny_clip, tmp_path, sig
 ):
@@ -729,8 +835,10 @@ def test_embed_killed_part_way_resumes_to_the_same_features(
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert stdout == "" and not out.exists()
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted"
+    if sig in CLEAN_EXIT:
+        code, line = CLEAN_EXIT[sig]
+        assert proc.returncode == code and stderr.strip().splitlines()[-1] == line, stderr
+        assert "Traceback" not in stderr
         assert not list(tmp_path.rglob("*.tmp"))  # the shard being written was cleaned away
     else:
         assert proc.returncode == -signal.SIGKILL
@@ -810,7 +918,7 @@ def test_damaged_clip_checkpoint_is_one_line(cli, tiny_clip, tmp_path, damage):
 TRAIN_ARGS = ["--epochs", "5", "--batch-size", "20", "--n-ctx", "4", "--loss", "dsoftmax"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", KILLS, ids=[s.name for s in KILLS])
 def test_train_killed_part_way_resumes_to_the_same_prompt(cli, inputs, sig):
     tmp, feats, labels, clip = inputs
     r = cli("train", labels, *TRAIN_ARGS, "--out", tmp / "ref.st")
@@ -828,8 +936,9 @@ def test_train_killed_part_way_resumes_to_the_same_prompt(cli, inputs, sig):
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert stdout == "" and not out.exists() and ckpt.exists()
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted"
+    if sig in CLEAN_EXIT:
+        code, line = CLEAN_EXIT[sig]
+        assert proc.returncode == code and stderr.strip().splitlines()[-1] == line, stderr
     else:
         assert proc.returncode == -signal.SIGKILL
     done = torch.load(ckpt, weights_only=True)["epoch"]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import typer
 
 from nlp_cli import __version__
-from nlp_cli.errors import NlpError
+from nlp_cli.errors import NlpError, Terminated
 
 # Stages appear in `nlp --help` in pipeline order; a module joins by defining register(app).
 STAGE_ORDER = ["download", "embed", "corrupt", "purify", "train", "eval", "analyze_grad"]
@@ -59,10 +63,22 @@ for _name in _stage_modules():
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the app and return its exit code; errors become one `error: …` line on stderr."""
+    """Run the app and return its exit code; errors become one `error: …` line on stderr.
+
+    SIGTERM is handled like Ctrl-C (temporary files cleaned up) but reported as
+    `error: terminated` with exit code 143.
+    """
+    with _sigterm_raises() as terminated:
+        return _run(argv, terminated)
+
+
+def _run(argv: list[str] | None, terminated: list[bool]) -> int:
     debug = os.environ.get("NLP_DEBUG", "") not in ("", "0")
     try:
         result = app(args=argv, prog_name="nlp", standalone_mode=False)
+        if result == 130 and terminated:  # Typer turned our Terminated into 130, silently
+            _error("terminated")
+            return 143
         if result == 130:  # Typer turns Ctrl-C inside a command into exit code 130, silently
             _error("interrupted")
         return result if isinstance(result, int) else 0
@@ -71,7 +87,10 @@ def run(argv: list[str] | None = None) -> int:
             raise
         _error(str(e))
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated) or terminated:
+            _error("terminated")
+            return 143
         _error("interrupted")
         return 130
     except Exception as e:
@@ -88,6 +107,37 @@ def run(argv: list[str] | None = None) -> int:
             raise
         _error(f"{type(e).__name__}: {e} (set NLP_DEBUG=1 for the traceback)")
         return 1
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[list[bool]]:
+    """While a command runs, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread.
+
+    Yields a list that is non-empty once SIGTERM arrived (Typer reports any KeyboardInterrupt
+    as exit code 130, so `run` needs to know which one it was). A second SIGTERM while the
+    first one unwinds is ignored, so that the clean-up is not itself interrupted; SIGKILL
+    still ends the process. A SIGTERM the parent set to be ignored stays ignored, and the
+    previous handler is restored afterwards.
+    """
+    terminated: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield terminated
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:
+        yield terminated
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        terminated.append(True)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _error(message: str) -> None:

@@ -17,7 +17,11 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def input_path(arg: Path | None, what: str = "input artifact") -> Path:
-    """The positional path, or else the last non-empty line piped on stdin."""
+    """The positional path, or else the one non-empty line piped on stdin.
+
+    Several non-empty lines are refused rather than guessed at: the previous stage wrote more
+    than one artifact (or something else than a path reached stdin).
+    """
     if arg is not None:
         return Path(arg)
     stdin = sys.stdin
@@ -26,7 +30,13 @@ def input_path(arg: Path | None, what: str = "input artifact") -> Path:
     lines = [line.strip() for line in stdin.read().splitlines() if line.strip()]
     if not lines:
         raise UsageError(f"no {what} given: stdin was empty (did the previous stage fail?)")
-    return Path(lines[-1])
+    if len(lines) > 1:
+        shown = ", ".join(repr(line[:60]) for line in lines[:2])
+        raise UsageError(
+            f"no single {what} given: stdin holds {len(lines)} lines ({shown}"
+            f"{', …' if len(lines) > 2 else ''}); pipe one path, or pass it as an argument"
+        )
+    return Path(lines[0])
 
 
 def emit(path: Path | str, summary: dict[str, Any] | None = None, as_json: bool = False) -> None:

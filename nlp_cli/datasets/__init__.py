@@ -46,12 +46,28 @@ class Dataset:
         return [s for s in SPLITS if self.paths.get(s)]
 
     def digest(self) -> str:
-        """SHA-256 of the listing (class names, paths, labels): what the features depend on."""
-        blob = json.dumps(
-            {"classnames": self.classnames, "paths": self.paths, "labels": self.labels},
-            sort_keys=True,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()
+        """SHA-256 of what the features depend on: the listing and each image's size and mtime.
+
+        The listing alone (class names, paths, labels) is not enough: an image fixed in place
+        keeps its path, and its old features would be a cache hit. So every listed file's size
+        and `st_mtime_ns` enter the digest too (a file that cannot be stat'ed counts as -1, -1;
+        embedding then reports it). Copying a dataset without keeping mtimes makes a new key.
+        """
+        h = hashlib.sha256()
+        listing = {"classnames": self.classnames, "paths": self.paths, "labels": self.labels}
+        h.update(json.dumps(listing, sort_keys=True).encode())
+        for split in sorted(self.paths):
+            for rel in self.paths[split]:
+                h.update(b"\0%d %d" % _size_and_mtime(self.root / rel))
+        return h.hexdigest()
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
 
 
 def list_datasets() -> list[str]:

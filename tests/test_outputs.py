@@ -1,0 +1,283 @@
+"""Outputs: nothing lost, nothing stale.
+
+A stage's output never lands on what it reads, writes never replace a device, a FIFO or a
+symlink, files get ordinary permissions, and no artifact holding NaN or inf is ever written.
+docs/RELIABILITY.md lists each case with the test that holds it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import stat
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from nlp_cli import artifacts
+from nlp_cli.cli import output
+from nlp_cli.errors import ArtifactError, UsageError
+
+
+def _features(path: Path) -> Path:
+    t = {
+        "train.features": torch.randn(4, 8),
+        "train.labels": torch.tensor([0, 1, 0, 1]),
+        "test.features": torch.randn(2, 8),
+        "test.labels": torch.tensor([0, 1]),
+    }
+    return artifacts.save(path, "features", t, {"classnames": ["a", "b"], "upstream": {}})
+
+
+def _made_from(path: Path, kind: str, *sources: Path) -> Path:
+    """An artifact of `kind` whose metadata names `sources` as its upstream."""
+    upstream = {f"up{i}": artifacts.load(s).ref() for i, s in enumerate(sources)}
+    n = 4
+    t = {
+        "labels": torch.zeros(n, dtype=torch.long),
+        "true_labels": torch.zeros(n, dtype=torch.long),
+        "index": torch.arange(n),
+        "clean": torch.ones(n, dtype=torch.bool),
+        "pseudo_labels": torch.zeros(n, dtype=torch.long),
+        "scores": torch.zeros(n),
+        "ctx": torch.zeros(2, 8),
+    }
+    keep = {k: t[k] for k in artifacts.REQUIRED_TENSORS[kind]}
+    return artifacts.save(path, kind, keep, {"classnames": ["a", "b"], "upstream": upstream})
+
+
+@pytest.fixture
+def chain(tmp_path):
+    """features → labelset → partition → prompt (the prompt also names the features)."""
+    feats = _features(tmp_path / "feats.st")
+    labels = _made_from(tmp_path / "labels.st", "labelset", feats)
+    part = _made_from(tmp_path / "part.st", "partition", labels)
+    prompt = _made_from(tmp_path / "prompt.st", "prompt", part, feats)
+    return feats, labels, part, prompt
+
+
+# --- check_output: the output is none of the inputs nor what they were made from ---------------
+
+
+def test_output_that_is_an_input_is_refused(chain, tmp_path, monkeypatch):
+    feats, labels, part, prompt = chain
+    with pytest.raises(UsageError, match="is the input .*labels.st: writing it would destroy"):
+        artifacts.check_output(labels, [labels])
+    monkeypatch.chdir(tmp_path)  # ./x and /abs/x name the same file
+    with pytest.raises(UsageError, match="is the input"):
+        artifacts.check_output(Path("./labels.st"), [labels.resolve()])
+    with pytest.raises(UsageError, match="is the input"):
+        artifacts.check_output(tmp_path / "sub" / ".." / "labels.st", [Path("labels.st")])
+    (tmp_path / "link.st").symlink_to(labels)  # a symlink to the input
+    with pytest.raises(UsageError, match="is the input"):
+        artifacts.check_output(tmp_path / "link.st", [labels])
+    os.link(labels, tmp_path / "hard.st")  # a hard link to it
+    with pytest.raises(UsageError, match="is the input"):
+        artifacts.check_output(tmp_path / "hard.st", [labels])
+    artifacts.check_output(tmp_path / "new.st", [labels, None])  # a fresh path is fine
+
+
+def test_output_that_is_an_upstream_artifact_is_refused(chain, tmp_path):
+    feats, labels, part, prompt = chain
+    # three levels up: prompt → partition → labelset → features
+    with pytest.raises(
+        UsageError,
+        match=r"labels.st is an artifact the input .*prompt.st was made"
+        r" from through .*part.st: writing it would break .*prompt.st",
+    ):
+        artifacts.check_output(labels, [prompt])
+    with pytest.raises(UsageError, match="feats.st is an artifact the input .*part.st was made"):
+        artifacts.check_output(feats, [part])
+    (tmp_path / "f-link.st").symlink_to(feats)
+    with pytest.raises(UsageError, match=r"f-link.st \(that is .*feats.st\) is an artifact"):
+        artifacts.check_output(tmp_path / "f-link.st", [prompt])
+    artifacts.check_output(prompt, [labels])  # downstream of the input: fine (a rerun)
+
+
+def test_missing_upstream_and_non_artifact_inputs_are_passed_over(chain, tmp_path):
+    feats, labels, part, prompt = chain
+    feats.unlink()
+    artifacts.check_output(feats, [part])  # its load will say the features no longer exist
+    artifacts.check_output(tmp_path / "x.st", [part, tmp_path / "nope.st", tmp_path])
+    (tmp_path / "notes.txt").write_text("not an artifact\n")
+    artifacts.check_output(tmp_path / "x.st", [tmp_path / "notes.txt"])
+
+
+def test_upstream_cycle_terminates(tmp_path):
+    a = _features(tmp_path / "a.st")
+    b = _made_from(tmp_path / "b.st", "labelset", a)
+    _made_from(tmp_path / "a.st", "labelset", b)  # a now names b, which names (old) a
+    artifacts.check_output(tmp_path / "c.st", [a])
+    with pytest.raises(UsageError, match="b.st is an artifact the input"):
+        artifacts.check_output(b, [a])
+
+
+def test_output_with_a_newline_or_that_is_a_folder_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="contains a newline"):
+        artifacts.check_output(tmp_path / "a\nb.st", [])
+    with pytest.raises(UsageError, match="is an existing folder"):
+        artifacts.check_output(tmp_path, [])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ArtifactError, match="cannot write"):  # still checks writability
+        artifacts.check_output(blocker / "out.st", [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+# --- atomic writes: devices, FIFOs, symlinks, permissions --------------------------------------
+
+
+@pytest.fixture
+def devnull(tmp_path) -> Path:
+    """A private /dev/null (char device 1:3), so that a bug cannot replace the real one."""
+    path = tmp_path / "null"
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        with open(path, "wb") as f:
+            f.write(b"probe")
+    except OSError as e:  # not root, or a nodev mount
+        pytest.skip(f"cannot make a device node here: {e}")
+    return path
+
+
+def _labelset_tensors():
+    return {"labels": torch.zeros(2).long(), "true_labels": torch.zeros(2).long()} | {
+        "index": torch.arange(2)
+    }
+
+
+def test_a_device_is_written_through_never_renamed_over(devnull, tmp_path):
+    artifacts.ensure_writable(devnull)
+    artifacts.check_output(devnull, [])
+    artifacts.atomic_write_text(devnull, "x")
+    artifacts.save(devnull, "labelset", _labelset_tensors(), {})
+    (tmp_path / "to-null").symlink_to(devnull)  # through a symlink too
+    artifacts.atomic_write_bytes(tmp_path / "to-null", b"y")
+    assert stat.S_ISCHR(os.stat(devnull).st_mode)
+    assert (tmp_path / "to-null").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null", "to-null"]  # no temp file
+
+
+def test_a_fifo_is_written_through(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert not artifacts.cached(fifo, "key", "labelset")  # not read: that would wait forever
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    path = artifacts.save(fifo, "labelset", _labelset_tensors(), {"classnames": ["a"]})
+    reader.join(30)
+    assert path == fifo and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    from safetensors.torch import load
+
+    assert torch.equal(load(got[0])["index"], torch.arange(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
+
+def test_a_symlink_is_kept_and_its_target_replaced(tmp_path):
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    target = real_dir / "result.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(Path("real") / "result.json")  # relative, as `ln -s` makes them
+    chained = tmp_path / "chained.json"
+    chained.symlink_to(link)
+    artifacts.atomic_write_text(chained, "new")
+    assert link.is_symlink() and chained.is_symlink() and target.read_text() == "new"
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(real_dir / "later.json")
+    artifacts.save(dangling, "labelset", _labelset_tensors(), {})
+    assert dangling.is_symlink() and artifacts.load(real_dir / "later.json").kind == "labelset"
+    assert sorted(p.name for p in real_dir.iterdir()) == ["later.json", "result.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "chained.json",
+        "dangling.json",
+        "link.json",
+        "real",
+    ]
+
+
+def test_new_files_get_umask_permissions_and_rewrites_keep_their_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        artifacts.atomic_write_text(tmp_path / "new.json", "{}")
+        artifacts.save(tmp_path / "new.st", "labelset", _labelset_tensors(), {})
+        with artifacts.atomic_path(tmp_path / "new.pt") as tmp:
+            torch.save({"x": 1}, tmp)
+    finally:
+        os.umask(old)
+    for name in ("new.json", "new.st", "new.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+    for mode in (0o600, 0o755, 0o444):
+        p = tmp_path / f"kept-{mode:o}.st"
+        p.write_text("old")
+        p.chmod(mode)
+        artifacts.save(p, "labelset", _labelset_tensors(), {})
+        assert stat.S_IMODE(p.stat().st_mode) == mode and artifacts.load(p).kind == "labelset"
+
+
+def test_a_socket_or_folder_is_not_replaced(tmp_path):
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "s"))
+        with pytest.raises(ArtifactError, match="not a regular file"):
+            artifacts.atomic_write_text(tmp_path / "s", "x")
+        assert stat.S_ISSOCK(os.stat(tmp_path / "s").st_mode)
+    finally:
+        sock.close()
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ArtifactError, match="is a folder"):
+        artifacts.atomic_write_text(tmp_path / "d", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "s"]
+
+
+# --- no non-finite artifact is ever written ----------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_save_refuses_non_finite_tensors(tmp_path, bad, dtype):
+    p = tmp_path / "prompt.st"
+    artifacts.save(p, "prompt", {"ctx": torch.zeros(2, 4)}, {})
+    before = p.read_bytes()
+    ctx = torch.zeros(2, 4, dtype=dtype)
+    ctx[1, 2] = bad
+    with pytest.raises(
+        ArtifactError, match=r"prompt.st: its tensor history.loss holds 1 NaN or inf"
+    ):
+        artifacts.save(p, "prompt", {"ctx": torch.zeros(2, 4), "history.loss": ctx}, {})
+    assert p.read_bytes() == before and [f.name for f in tmp_path.iterdir()] == ["prompt.st"]
+    with pytest.raises(ArtifactError, match="its tensor ctx holds"):
+        artifacts.save(tmp_path / "other.st", "prompt", {"ctx": ctx}, {})
+    assert not (tmp_path / "other.st").exists()
+    # integers, booleans and empty tensors pass; the check is one pass for finite tensors
+    fine = {"ctx": torch.zeros(0, 4, dtype=dtype), "n": torch.arange(3), "b": torch.ones(2) > 0}
+    artifacts.save(tmp_path / "fine.st", "prompt", fine, {})
+
+
+# --- stdin naming several artifacts ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["/x/a.st\n/x/b.st\n", "\n/x/a.st\n\n  /x/b.st \n/x/c.st\n", "a\r\nb\r\n"]
+)
+def test_stdin_with_several_paths_is_refused(monkeypatch, text):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    with pytest.raises(UsageError, match=r"no single label set given: stdin holds [23] lines"):
+        output.input_path(None, "label set")
+
+
+def test_stdin_with_one_path_among_blank_lines_is_taken(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n  \n/x/labels.st  \n\n"))
+    assert output.input_path(None) == Path("/x/labels.st")
+
+
+def test_several_paths_on_stdin_is_one_line_for_a_stage(cli):
+    r = cli("analyze-grad", stdin="/x/a.safetensors\n/x/b.safetensors\n")
+    assert r.code == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: no single label set given: stdin holds 2 lines")
