@@ -3,6 +3,10 @@
 #
 #   download shapes → embed → corrupt (sym 80 %) → purify → train ce / dsoftmax / nlprompt → eval
 #
+# Next to the methods stand the baselines that give their numbers a meaning: zero-shot CLIP (the
+# hand prompt), an untrained random context (what the prompt is before any learning) and CoOp on
+# the clean labels (what learning reaches without noise).
+#
 # Every stage prints only the path of what it wrote, so the stages chain with $(…) and pipes.
 # Change the noise with NOISE="--pair 0.4" bash examples/quickstart.sh; artifacts go to NLP_HOME
 # (default ~/.cache/nlp) and a rerun reuses them.
@@ -20,6 +24,9 @@ feats=$(nlp embed shapes --model tiny-shapes)
 labels=$(nlp corrupt "$feats" $NOISE --seed "$SEED")
 
 nlp eval --zero-shot "$feats" --json >"$work/zero-shot.json"
+nlp eval --untrained "$feats" --seed "$SEED" --json >"$work/untrained.json"
+# shellcheck disable=SC2086
+nlp train "$feats" --loss ce --seed "$SEED" $TRAIN | nlp eval --json >"$work/clean.json"
 # shellcheck disable=SC2086
 for loss in ce dsoftmax; do
     nlp train "$labels" --loss "$loss" --seed "$SEED" $TRAIN | nlp eval --json >"$work/$loss.json"
@@ -35,7 +42,8 @@ import json, sys
 from pathlib import Path
 
 work, noise = Path(sys.argv[1]), sys.argv[2]
-rows = [("Zero-shot CLIP", "zero-shot"), ("CoOp (ce)", "ce"), ("DSPT (dsoftmax)", "dsoftmax"),
+rows = [("Untrained context", "untrained"), ("Zero-shot CLIP", "zero-shot"),
+        ("CoOp, clean labels", "clean"), ("CoOp (ce)", "ce"), ("DSPT (dsoftmax)", "dsoftmax"),
         ("NLPrompt", "nlprompt")]
 print(f"\nshapes, tiny-shapes CLIP, noise {noise}: test accuracy (%)\n")
 print(f"| method | final epoch | mean of last 5 epochs |\n|---|---:|---:|")

@@ -132,7 +132,8 @@ def prepare(
     prompt = None
     with torch.no_grad():
         if prompt_path is None:
-            text = clip_model.hand_prompt_features(loaded.model, classnames)
+            dataset = feats.meta.get("dataset")
+            text = clip_model.class_prototypes(loaded.model, classnames, dataset)
         else:
             prompt = artifacts.load(prompt_path, "prompt")
             artifacts.check_compatible(prompt, feats, f"{prompt.path} and {feats.path}")

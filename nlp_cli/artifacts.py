@@ -397,7 +397,8 @@ def check_tensors(
 ) -> None:
     """Refuse, in one line, features that are not finite and labels that name no class."""
     for name, t in tensors.items():
-        if t.is_floating_point() and name.endswith((".features", ".views")) and t.numel():
+        checked = name.endswith((".features", ".views")) or name == "ctx"
+        if t.is_floating_point() and checked and t.numel():
             # max() propagates NaN and |±inf| = inf: one cheap pass over the data, then the
             # slower search for where the first bad value is only when there is one.
             if torch.isfinite(t.abs().max()):
@@ -407,7 +408,7 @@ def check_tensors(
                 row = int(torch.nonzero(bad)[0][-2]) if t.dim() > 1 else 0
                 raise ArtifactError(
                     f"{path}: {name} holds {int(bad.sum())} NaN or infinite value(s), first in "
-                    f"row {row} (re-create it with `nlp embed`)"
+                    f"row {row} (re-create it with `nlp {'train' if name == 'ctx' else 'embed'}`)"
                 )
     n_cls = len(meta.get("classnames") or [])
     label_names = [n for n in tensors if n in ("labels", "true_labels", "pseudo_labels")]

@@ -274,6 +274,25 @@ def hand_prompt_features(model: Any, classnames: list[str], template: str = HAND
     return feats / feats.norm(dim=-1, keepdim=True)
 
 
+@torch.no_grad()
+def class_prototypes(
+    model: Any, classnames: list[str], dataset: str | None = None, template: str | None = None
+) -> torch.Tensor:
+    """Zero-shot class prototypes (L2-normalised, float32): the dataset's CoOp hand prompt
+    (`templates.template_for`), a given template with one "{}", or "ensemble" — CLIP's 80
+    ImageNet templates, each prototype the re-normalised mean of its normalised encodings."""
+    from nlp_cli import templates
+
+    if template == "ensemble":
+        total = None
+        for t in templates.ENSEMBLE:
+            feats = hand_prompt_features(model, classnames, t)
+            total = feats if total is None else total + feats
+        return total / total.norm(dim=-1, keepdim=True)
+    chosen = templates.check_template(template) if template else templates.template_for(dataset)
+    return hand_prompt_features(model, classnames, chosen)
+
+
 def build_tiny(
     seed: int = 0,
     embed_dim: int = 32,

@@ -27,9 +27,14 @@ def evaluate(
     split: str = "test",
     model: str | None = None,
     device: str = "cpu",
+    precision: str | None = None,
+    template: str | None = None,
+    untrained: int | None = None,
 ) -> dict[str, Any]:
     """Metrics of a prompt file on a split of its own features (or `features`); zero-shot with
-    the hand prompt when `prompt` is None."""
+    the hand prompt when `prompt` is None; with `untrained = SEED`, of a random 16-token context
+    as CoOp initialises it (N(0, 0.02²), nlp train's init for that seed) and never trained: the
+    baseline that shows what training added."""
     if prompt is None and features is None:
         raise UsageError("nothing to evaluate: give a prompt file or --zero-shot FEATURES")
     prompt_art = artifacts.load(prompt, "prompt") if prompt is not None else None
@@ -43,10 +48,19 @@ def evaluate(
     if key not in feats.tensors:
         have = sorted({k.split(".")[0] for k in feats.tensors if k.endswith(".features")})
         raise UsageError(f"{feats.path} has no {split} split (it has: {', '.join(have)})")
-    loaded = clip_model.load_for(feats.meta, model, device=device)
+    loaded = clip_model.load_for(feats.meta, model, device=device, precision=precision)
     with torch.no_grad():
-        if prompt_art is None:
-            text = clip_model.hand_prompt_features(loaded.model, feats.classnames).float()
+        if untrained is not None:
+            from nlp_cli.prompt import PromptLearner, text_features
+
+            learner = PromptLearner(
+                loaded.model, feats.classnames, generator=torch.Generator().manual_seed(untrained)
+            ).to(device)
+            text = text_features(loaded.model, learner).float()
+            text = text / text.norm(dim=-1, keepdim=True)
+        elif prompt_art is None:
+            dataset = feats.meta.get("dataset")
+            text = clip_model.class_prototypes(loaded.model, feats.classnames, dataset, template)
         else:
             text = prompt_text_features(loaded.model, prompt_art)
         text = text.to(device)
@@ -55,6 +69,12 @@ def evaluate(
         pred = (x @ text.T).argmax(dim=1).cpu()
     result = metrics.summary(pred, feats.tensors[f"{split}.labels"].long(), feats.classnames)
     result["split"] = split
+    if untrained is not None:
+        result["untrained_seed"] = untrained
+    elif prompt_art is None:
+        from nlp_cli import templates
+
+        result["template"] = template or templates.template_for(feats.meta.get("dataset"))
     result["features"] = str(feats.path.resolve())
     result["prompt"] = str(prompt_art.path.resolve()) if prompt_art is not None else None
     if prompt_art is not None:

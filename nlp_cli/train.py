@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from nlp_cli import clip_model, losses, methods
+from nlp_cli import clip_model, losses, methods, schedule
 from nlp_cli.checkpoints import (  # noqa: F401  (re-exported: the old home of these)
     export_coop,
     import_coop,
@@ -28,11 +28,12 @@ from nlp_cli.checkpoints import (  # noqa: F401  (re-exported: the old home of t
     save_checkpoint,
 )
 from nlp_cli.data import TrainData, load_data  # noqa: F401  (re-exported)
-from nlp_cli.errors import ArtifactError, UsageError, did_you_mean
+from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
 from nlp_cli.prompt import POSITIONS, PromptLearner, text_features_many
 
 TARGETS = ("labels", "zero-shot")
 REPURIFY = ("none", "epoch")
+LOADERS = ("mixed", "separate")
 METHODS = ("standard", "joapr")  # the values of --method (nlprompt follows from --loss nlprompt)
 
 
@@ -53,14 +54,20 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_epochs: int = 0
     warmup_lr: float = 1e-5
+    warmup_recount: bool = True  # Dassl's WARMUP_RECOUNT: the cosine restarts after the warm-up
+    drop_last: bool = False  # Dassl's training loaders drop the last partial batch
     seed: int = 1
-    device: str = "cpu"
+    device: str = "auto"  # resolved by make_config: cuda when present, else cpu
+    precision: str | None = None  # fp32, fp16, bf16 or amp; None: fp16 on CUDA, fp32 on CPU
     n_ctx: int = 16
     ctx_init: str | None = None
     csc: bool = False
     class_token_position: str = "end"
     targets: str = "labels"
     repurify: str = "none"
+    # nlprompt: "mixed" batches, or NLPrompt's code: all clean batches (CE), then all noisy
+    # batches (MAE), from separate loaders; with drop_last the OT's last partial batch is noisy.
+    loaders: str = "mixed"
     knobs: dict[str, float] = field(default_factory=dict)
     # JoAPR (methods/joapr.py): CE warm-up epochs, mixup's Beta(α, α), the clean threshold on
     # the GMM posterior, the targets' sharpening temperature and the class-balance penalty.
@@ -110,12 +117,28 @@ class TrainConfig:
         """Refuse impossible settings in one line."""
         losses.get(self.loss)
         self.loss_knobs()
+        for name in ("epochs", "batch_size", "n_ctx", "warmup_epochs", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} must be a whole number, got {value!r}")
+        for name in ("lr", "momentum", "weight_decay", "warmup_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"--{name.replace('_', '-')} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise UsageError(f"--{name.replace('_', '-')} must be finite, got {value}")
+        for name in ("csc", "warmup_recount", "drop_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"--{name} must be true or false, got {getattr(self, name)!r}")
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"--seed must lie in [0, 2**63), got {self.seed}")
         if self.epochs < 1 or self.batch_size < 1 or self.n_ctx < 1:
             raise UsageError("--epochs, --batch-size and --n-ctx must be at least 1")
         if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.warmup_lr < 0:
             raise UsageError("--lr must be positive; momentum, weight decay, warm-up lr ≥ 0")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise UsageError("--warmup-epochs must lie in [0, epochs)")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise UsageError("--warmup-epochs must lie in [0, epochs]")
         if self.class_token_position not in POSITIONS:
             raise UsageError(f"--class-token-position must be one of {', '.join(POSITIONS)}")
         if self.targets not in TARGETS:
@@ -124,6 +147,10 @@ class TrainConfig:
             raise UsageError(f"--repurify must be one of {', '.join(REPURIFY)}")
         if self.repurify == "epoch" and self.loss != "nlprompt":
             raise UsageError("--repurify epoch only applies to --loss nlprompt")
+        if self.loaders not in LOADERS:
+            raise UsageError(f"--loaders must be one of {', '.join(LOADERS)}")
+        if self.loaders == "separate" and self.loss != "nlprompt":
+            raise UsageError("--loaders separate only applies to --loss nlprompt")
         if self.method not in METHODS:
             raise UsageError(
                 f"unknown method {self.method!r}{did_you_mean(self.method, list(METHODS))}: "
@@ -132,39 +159,60 @@ class TrainConfig:
         methods.get(self.effective_method).validate(self)
 
     def lr_at(self, epoch: int) -> float:
-        """Learning rate of a (0-based) epoch: constant warm-up, then cosine from lr to 0."""
-        if epoch < self.warmup_epochs:
-            return self.warmup_lr
-        return 0.5 * self.lr * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        """Learning rate of a (0-based) epoch as Dassl's scheduler sets it: constant warm-up,
+        then torch's cosine (restarted after the warm-up with `warmup_recount`, Dassl's default)."""
+        return schedule.lr_at(
+            epoch,
+            lr=self.lr,
+            max_epoch=self.epochs,
+            warmup_epochs=self.warmup_epochs,
+            warmup_lr=self.warmup_lr,
+            recount=self.warmup_recount,
+        )
+
+    def steps_for(self, n: int) -> int:
+        """Batches in an epoch of n samples: Dassl drops the last partial batch of a training
+        loader when n ≥ batch size (`drop_last`)."""
+        if self.drop_last and schedule.drop_last(n, self.batch_size):
+            return n // self.batch_size
+        return -(-n // self.batch_size)
 
 
-# SPEC §4. DSPT's table lists plain SGD (no momentum, no warm-up); NLPrompt's scripts add
-# momentum 0.9, weight decay 5e-4 and one warm-up epoch at 1e-5. Shots are chosen by `corrupt`.
+# The presets, each transcribed from the code behind a paper's numbers (docs/PROTOCOLS.md;
+# nlp_cli.schedule.REFERENCE_CONFIGS names the source files). Shots are chosen by `corrupt`,
+# augmented views by `embed --views`.
+_COOP_VIT_B16_EP50: dict[str, Any] = {
+    # KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16_ep50.yaml with Dassl's OPTIM defaults
+    "epochs": 50,
+    "lr": 0.002,
+    "batch_size": 32,
+    "momentum": schedule.DASSL_SGD["momentum"],
+    "weight_decay": schedule.DASSL_SGD["weight_decay"],
+    "warmup_epochs": 1,
+    "warmup_lr": 1e-5,
+    "warmup_recount": True,
+    "drop_last": True,
+    "n_ctx": 16,
+    "csc": False,
+    "class_token_position": "end",
+}
 PROTOCOLS: dict[str, dict[str, Any]] = {
-    "dspt": {
-        "epochs": 50,
-        "lr": 0.002,
-        "batch_size": 32,
-        "momentum": 0.0,
-        "weight_decay": 0.0,
-        "warmup_epochs": 0,
-        "n_ctx": 16,
-        "csc": False,
-        "class_token_position": "end",
-    },
+    "coop": dict(_COOP_VIT_B16_EP50),
+    # DSPT follows "the same setting as CoOp" (its code is not public): CoOp's vit_b16_ep50.
+    # The plain-SGD variant of earlier nlp versions: --momentum 0 --weight-decay 0
+    # --warmup-epochs 0 --no-drop-last.
+    "dspt": dict(_COOP_VIT_B16_EP50),
+    # qunovo/NLPrompt scripts + configs/trainers/NLPrompt/rn50.yaml: 200 epochs, PromptOT
+    # before every epoch with the current prompt, clean then noisy batches.
     "nlprompt": {
+        **_COOP_VIT_B16_EP50,
         "epochs": 200,
-        "lr": 0.002,
-        "batch_size": 32,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "warmup_epochs": 1,
-        "warmup_lr": 1e-5,
-        "n_ctx": 16,
-        "csc": False,
-        "class_token_position": "end",
+        "repurify": "epoch",
+        "loaders": "separate",
     },
 }
+# What a preset sets that only some losses accept: applied only to those.
+_NLPROMPT_ONLY = ("repurify", "loaders")
 
 
 def make_config(protocol: str | None = None, **options: Any) -> TrainConfig:
@@ -177,6 +225,9 @@ def make_config(protocol: str | None = None, **options: Any) -> TrainConfig:
                 f"choose from {', '.join(PROTOCOLS)}"
             )
         base.update(PROTOCOLS[protocol])
+        if options.get("loss", "ce") != "nlprompt":
+            for name in _NLPROMPT_ONLY:
+                base.pop(name, None)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     knob_names = set(losses.knob_names())
     unknown = [k for k in options if k not in names and k not in knob_names]
@@ -189,6 +240,8 @@ def make_config(protocol: str | None = None, **options: Any) -> TrainConfig:
         if value is not None:
             knobs[k] = value
     base.update({k: v for k, v in options.items() if v is not None})
+    base["device"] = clip_model.resolve_device(base.get("device", "auto"))
+    base["precision"] = clip_model.resolve_precision(base.get("precision"), base["device"])
     config = TrainConfig(**base, knobs=knobs)
     config.validate()
     return config
@@ -250,7 +303,7 @@ def train_prompt(
     return result
 
 
-BATCHED_ALIKE = ("device", "n_ctx", "ctx_init", "csc", "class_token_position")
+BATCHED_ALIKE = ("device", "precision", "n_ctx", "ctx_init", "csc", "class_token_position")
 
 
 class RunState:
@@ -276,6 +329,12 @@ class RunState:
         self.knobs = config.loss_knobs()
         feats = data.features.tensors
         self.train = _normalise(feats["train.features"][data.index]).to(device)
+        bad = (~torch.isfinite(self.train).all(dim=1)).nonzero().flatten()
+        if len(bad):
+            raise ArtifactError(
+                f"{data.features.path}: train sample {int(data.index[bad[0]])} has an all-zero "
+                f"feature row ({len(bad)} such rows): re-create it with `nlp embed`"
+            )
         views = feats.get("train.views")
         self.views = views[:, data.index] if views is not None else None
         self.given = data.labels.to(device)
@@ -294,6 +353,7 @@ class RunState:
             position=config.class_token_position,
             generator=torch.Generator().manual_seed(config.seed),
         ).to(device)
+        self.scaler = clip_model.grad_scaler(device, config.precision)
         self.optim = torch.optim.SGD(
             [self.learner.ctx],
             lr=config.lr,
@@ -303,7 +363,7 @@ class RunState:
         self.scale = scale
         self.device = device
         self.n = len(self.targets)
-        self.steps = -(-self.n // config.batch_size)
+        self.steps = config.steps_for(self.n)
         self.history: list[dict[str, Any]] = []
         self.start = 0
         self.step = 0
@@ -317,6 +377,8 @@ class RunState:
         return self.scale * x @ _normalise(text).T
 
     def init_from(self, ctx: torch.Tensor) -> None:
+        if not torch.isfinite(ctx).all():
+            raise ArtifactError("the initial ctx holds NaN or infinite values")
         if tuple(ctx.shape) != tuple(self.learner.ctx.shape):
             raise ArtifactError(
                 f"the initial ctx has shape {tuple(ctx.shape)}, this prompt needs "
@@ -331,6 +393,8 @@ class RunState:
             with torch.no_grad():
                 self.learner.ctx.copy_(state["ctx"].to(self.learner.ctx))
             self.optim.load_state_dict(state["optim"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             self.history = list(state["history"])
             self.start = int(state["epoch"])
 
@@ -339,8 +403,9 @@ class RunState:
         return {
             "key": self.key,
             "epoch": epoch,
-            "ctx": self.learner.ctx.detach().cpu(),
+            "ctx": self.learner.ctx.detach().float().cpu(),
             "optim": self.optim.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "history": self.history,
         }
 
@@ -349,6 +414,7 @@ class RunState:
 
     def begin_epoch(self, epoch: int) -> None:
         """This epoch's lr, sample order and augmented views; the given partition."""
+        self.steps = self.config.steps_for(self.n)
         self.lr = self.config.lr_at(epoch)
         for group in self.optim.param_groups:
             group["lr"] = self.lr
@@ -359,6 +425,7 @@ class RunState:
             pick = torch.randint(self.views.shape[0], (self.n,), generator=g)
             self.x_epoch = _normalise(self.views[pick, torch.arange(self.n)]).to(self.device)
         self.epoch_clean = self.clean
+        self.batches: list[torch.Tensor] | None = None  # a method's own batches, if it sets them
         self.per_clean: list[torch.Tensor] = []
         self.per_noisy: list[torch.Tensor] = []
         self.batch_losses: list[torch.Tensor] = []
@@ -366,6 +433,8 @@ class RunState:
     def batch_loss(self, step: int, text: torch.Tensor) -> torch.Tensor:
         bs = self.config.batch_size
         self.step = step
+        if self.batches is not None:
+            return self.method.batch_loss(self, self.batches[step], text)
         return self.method.batch_loss(self, self.order[step * bs : (step + 1) * bs], text)
 
     def record(self, idx: torch.Tensor, per: torch.Tensor, loss: torch.Tensor) -> None:
@@ -380,7 +449,7 @@ class RunState:
         record = {
             "epoch": epoch + 1,
             "lr": self.lr,
-            "loss": sum(losses_) / len(losses_),
+            "loss": sum(losses_) / len(losses_) if losses_ else None,
             "loss_clean": _mean(self.per_clean),
             "loss_noisy": _mean(self.per_noisy),
             "test_acc": test_acc,
@@ -405,7 +474,11 @@ class RunState:
             "resumed_at": self.start,
         }
         return TrainResult(
-            self.learner.ctx.detach().cpu().clone(), self.history, prompt_meta, config, info
+            self.learner.ctx.detach().float().cpu().clone(),
+            self.history,
+            prompt_meta,
+            config,
+            info,
         )
 
 
@@ -453,6 +526,7 @@ def train_many(
     runs, model, scale, test_x, test_y = _setup(
         datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys
     )
+    device, precision = configs[0].device, configs[0].precision
     checkpoints = list(checkpoints or [None] * len(runs))
     for epoch in range(min(r.start for r in runs), max(c.epochs for c in configs)):
         active = [r for r in runs if r.active(epoch)]
@@ -465,16 +539,27 @@ def train_many(
             same[0].method.before_epoch(model, same, epoch, scale)
         for step in range(max((r.steps for r in active), default=0)):
             stepping = [r for r in active if step < r.steps]
-            texts = text_features_many(model, [r.learner for r in stepping])
-            total = sum(r.batch_loss(step, t) for r, t in zip(stepping, texts, strict=True))
+            with clip_model.autocast(device, precision):
+                texts = text_features_many(model, [r.learner for r in stepping])
+                parts = [r.batch_loss(step, t) for r, t in zip(stepping, texts, strict=True)]
+            total = sum(r.scaler.scale(p) for r, p in zip(stepping, parts, strict=True))
             for r in stepping:
                 r.optim.zero_grad(set_to_none=True)
             total.backward()
             for r in stepping:
-                r.optim.step()
+                r.scaler.step(r.optim)
+                r.scaler.update()
         accs = accuracies(model, [r.learner for r in active], test_x, test_y)
         for r, acc in zip(active, accs, strict=True):
             record = r.end_epoch(epoch, acc)
+            loss = record["loss"]
+            if (loss is not None and not math.isfinite(loss)) or not torch.isfinite(
+                r.learner.ctx
+            ).all():
+                raise NlpError(
+                    f"training diverged in epoch {epoch + 1} (loss {record['loss']}, loss "
+                    f"{r.config.loss}, lr {r.lr:g}): nothing was written; lower --lr"
+                )
             i = runs.index(r)
             if checkpoints[i] is not None:
                 save_checkpoint(checkpoints[i], r.checkpoint_state(epoch + 1))
@@ -500,7 +585,9 @@ def _setup(datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys):
     run_keys = list(run_keys or [None] * n_runs)
     device = torch.device(configs[0].device)
     if loaded is None:
-        loaded = clip_model.load_for(datas[0].features.meta, device=device)
+        loaded = clip_model.load_for(
+            datas[0].features.meta, device=device, precision=configs[0].precision
+        )
     model = loaded.model
     for p in model.parameters():
         p.requires_grad_(False)
@@ -512,7 +599,8 @@ def _setup(datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys):
     def hand() -> torch.Tensor:
         if not hand_cache:
             with torch.no_grad():
-                feats = clip_model.hand_prompt_features(model, classnames)
+                dataset = datas[0].features.meta.get("dataset")
+                feats = clip_model.class_prototypes(model, classnames, dataset)
                 hand_cache.append(feats.float().to(device))
         return hand_cache[0]
 

@@ -32,11 +32,14 @@ def test_input_path_prefers_argument(monkeypatch):
     assert output.input_path(Path("a.safetensors")) == Path("a.safetensors")
 
 
-def test_input_path_reads_last_line_of_stdin(monkeypatch):
+def test_input_path_reads_the_one_line_of_stdin(monkeypatch):
     import io
 
-    monkeypatch.setattr(sys, "stdin", io.StringIO("\n/x/first\n/x/labels.safetensors\n\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n/x/labels.safetensors\n\n"))
     assert output.input_path(None) == Path("/x/labels.safetensors")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n/x/first\n/x/labels.safetensors\n\n"))
+    with pytest.raises(UsageError, match="stdin holds 2 lines"):
+        output.input_path(None)
 
 
 def test_input_path_empty_stdin_is_usage_error(monkeypatch):

@@ -111,3 +111,18 @@ def test_plot_draws_the_prompt_history(cli, features, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG" and "acc1" in json.loads(r.stdout)
     r = cli("eval", "--zero-shot", features, "--plot", png)
     assert r.code == 2 and "PROMPT" in r.stderr and r.stdout == ""
+
+
+def test_untrained_context_is_the_training_init(cli, features, tmp_path):
+    """`eval --untrained FEATS --seed S` scores the context `nlp train --seed S` starts from."""
+    r = cli("eval", "--untrained", features, "--seed", "3", "--json")
+    assert r.code == 0, r.stderr
+    untrained = json.loads(r.stdout)
+    assert untrained["untrained_seed"] == 3
+    out = tmp_path / "still.safetensors"
+    # an lr so small that no update survives float32 rounding: the prompt stays the init
+    r = cli("train", features, "--seed", "3", "--epochs", "1", "--lr", "1e-300", "--out", out)
+    assert r.code == 0, r.stderr
+    still = json.loads(cli("eval", out, "--json").stdout)
+    assert still["acc1"] == untrained["acc1"]
+    assert cli("eval", "--untrained", features, "--zero-shot", features).code == 2

@@ -281,3 +281,64 @@ def test_several_paths_on_stdin_is_one_line_for_a_stage(cli):
     r = cli("analyze-grad", stdin="/x/a.safetensors\n/x/b.safetensors\n")
     assert r.code == 2 and r.stdout == "" and r.stderr.count("\n") == 1
     assert r.stderr.startswith("error: no single label set given: stdin holds 2 lines")
+
+
+@pytest.fixture
+def trained(cli, features, tmp_path):
+    """A label set, its partition and a one-epoch prompt trained on the label set."""
+    from conftest import make_sym_labelset
+
+    labels = make_sym_labelset(features, tmp_path / "labels.safetensors", rate=0.4)
+    part = tmp_path / "part.safetensors"
+    assert cli("purify", labels, "--out", part).code == 0
+    prompt = tmp_path / "prompt.safetensors"
+    r = cli("train", labels, "--epochs", "1", "--n-ctx", "4", "--out", prompt)
+    assert r.code == 0, r.stderr
+    return {"features": features, "labels": labels, "part": part, "prompt": prompt}
+
+
+@pytest.mark.parametrize(
+    "args, victim",
+    [
+        (["eval", "{prompt}", "--out", "{prompt}"], "prompt"),
+        (["eval", "{prompt}", "--out", "{features}"], "features"),
+        (["eval", "{prompt}", "--plot", "{prompt}"], "prompt"),
+        (["corrupt", "{features}", "--sym", "0.2", "--out", "{features}"], "features"),
+        (["purify", "{labels}", "--out", "{labels}"], "labels"),
+        (["purify", "{labels}", "--out", "{features}"], "features"),
+        (["purify", "{labels}", "--report", "{features}"], "features"),
+        (["train", "{labels}", "--epochs", "1", "--out", "{features}"], "features"),
+        (["train", "{part}", "--epochs", "1", "--out", "{labels}"], "labels"),
+        (["train", "{labels}", "--epochs", "1", "--export-coop", "{features}"], "features"),
+        (["analyze-grad", "{labels}", "--out", "{labels}"], "labels"),
+        (["analyze-grad", "{labels}", "--plot", "{features}"], "features"),
+    ],
+    ids=lambda x: " ".join(x) if isinstance(x, list) else x,
+)
+def test_no_stage_writes_over_its_inputs(cli, trained, args, victim):
+    from nlp_cli import artifacts
+
+    before = artifacts.file_digest(trained[victim])
+    r = cli(*[a.format(**{k: str(v) for k, v in trained.items()}) for a in args])
+    assert r.code == 2, r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+    assert "input" in r.stderr
+    assert artifacts.file_digest(trained[victim]) == before
+
+
+def test_two_runs_with_one_out_are_refused(cli, trained, tmp_path):
+    out = tmp_path / "same.safetensors"
+    r = cli(
+        "train",
+        trained["labels"],
+        "--loss",
+        "ce,dsoftmax",
+        "--epochs",
+        "1",
+        "--out",
+        out,
+        "--out",
+        out,
+    )
+    assert r.code == 2 and "two runs would write" in r.stderr
+    assert not out.exists()

@@ -258,3 +258,44 @@ def test_embed_in_half(tmp_path, tiny_clip, prec):
         assert got.tensors[name].dtype == torch.float16
         assert torch.isfinite(got.tensors[name]).all()
         _assert_close(got.tensors[name], ref.tensors[name], dtype, FEATURE_EPS)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "amp"])
+def test_cli_train_and_eval_run_at_each_precision_on_cpu(cli, features, tmp_path, precision):
+    from nlp_cli import artifacts
+
+    out = tmp_path / f"p-{precision}.safetensors"
+    r = cli(
+        "train", features, "--epochs", "2", "--n-ctx", "4", "--precision", precision, "--out", out
+    )
+    assert r.code == 0, r.stderr
+    assert f"training on cpu ({precision})" in r.stderr
+    prompt = artifacts.load(out, "prompt")
+    assert prompt.tensors["ctx"].dtype == torch.float32
+    assert torch.isfinite(prompt.tensors["ctx"]).all()
+    assert prompt.meta["options"]["precision"] == precision
+    assert all(0.0 <= h["test_acc"] <= 1.0 for h in prompt.meta["history"])
+    r = cli("eval", out, "--precision", precision, "--json")
+    assert r.code == 0, r.stderr
+    assert f"ran on cpu ({precision})" in r.stderr
+
+
+def test_default_device_is_auto_and_said_on_stderr(cli, features, tmp_path):
+    r = cli("train", features, "--epochs", "1", "--n-ctx", "4", "--out", tmp_path / "p.safetensors")
+    assert r.code == 0, r.stderr
+    assert "training on cpu (fp32)" in r.stderr  # no CUDA here: auto is the CPU, fp32 as CoOp
+
+
+def test_fp16_training_moves_the_context(cli, features, tmp_path):
+    """CoOp's fp16 trains a half-precision ctx with plain SGD: it must still learn."""
+    from nlp_cli import artifacts
+
+    a = tmp_path / "a.safetensors"
+    b = tmp_path / "b.safetensors"
+    args = ("--epochs", "3", "--n-ctx", "4", "--lr", "0.05")
+    assert cli("train", features, *args, "--precision", "fp16", "--out", a).code == 0
+    assert cli("train", features, *args, "--precision", "fp32", "--out", b).code == 0
+    ha = artifacts.load(a, "prompt").meta["history"]
+    hb = artifacts.load(b, "prompt").meta["history"]
+    assert ha[-1]["loss"] < ha[0]["loss"]
+    assert abs(ha[-1]["loss"] - hb[-1]["loss"]) < 0.1 * hb[-1]["loss"]

@@ -399,7 +399,7 @@ TRAIN_EVAL_INPUTS: list[tuple[str, Builder, int, str]] = [
      "did you mean 'dspt'"),
     ("train-zero-epochs", lambda t, f, ls, c: ["train", ls, "--epochs", "0"], 2, "at least 1"),
     ("train-negative-lr", lambda t, f, ls, c: ["train", ls, "--lr", "-1"], 2, "--lr must be"),
-    ("train-nlprompt-without-partition", lambda t, f, ls, c: ["train", ls, "--loss", "nlprompt"],
+    ("train-nlprompt-without-partition", lambda t, f, ls, c: ["train", f, "--loss", "nlprompt"],
      2, "needs a clean/noisy partition"),
     ("train-prompt-as-input", lambda t, f, ls, c: ["train", _a_prompt(t, f, ls, c)[1]], 1,
      "is a prompt artifact"),

@@ -283,3 +283,24 @@ def test_pipe_corrupt_purify_train_eval(cli, features):
     assert again.code == 0, again.stderr
     hist = artifacts.read_meta(again.stdout.strip())["history"]
     assert all(0.0 < h["clean_frac"] <= 1.0 for h in hist)
+
+
+def test_cli_nlprompt_purifies_a_label_set_first(cli, labelset, tmp_path):
+    """NLPrompt is PromptOT plus training: on a label set, `nlp train` purifies it first, with
+    the hand prompt as `nlp purify` would, and trains on that partition (cached as an artifact)."""
+    from nlp_cli import artifacts
+
+    out = tmp_path / "p.safetensors"
+    r = cli("train", labelset, "--loss", "nlprompt", "--epochs", "1", "--n-ctx", "4", "--out", out)
+    assert r.code == 0, r.stderr
+    assert "purified first" in r.stderr
+    prompt = artifacts.load(out, "prompt")
+    part = artifacts.load(prompt.meta["upstream"]["partition"]["path"], "partition")
+    piped = tmp_path / "piped.safetensors"
+    assert cli("purify", labelset, "--out", piped).code == 0
+    same = artifacts.load(piped, "partition")
+    assert torch.equal(part.tensors["clean"], same.tensors["clean"])
+    again = cli(
+        "train", labelset, "--loss", "nlprompt", "--epochs", "1", "--n-ctx", "4", "--out", out
+    )
+    assert again.code == 0 and "cache hit" in again.stderr

@@ -125,6 +125,10 @@ def register(app: typer.Typer) -> None:
         if plot is not None:
             analysis.require_matplotlib()
         path = output.input_path(labels, "label set")
+        if plot is not None:
+            from nlp_cli import artifacts
+
+            artifacts.check_output(plot, [path, prompt, out], what="--plot")
         result, stats = analyze_gradients(
             path, opts, out, write=not as_json, need_stats=plot is not None
         )

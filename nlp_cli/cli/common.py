@@ -17,7 +17,29 @@ Model = Annotated[
     str | None,
     typer.Option("--model", help="CLIP model name or checkpoint (default: the features' model)."),
 ]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+Device = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+]
+Precision = Annotated[
+    str | None,
+    typer.Option(
+        "--precision", help="fp32, fp16, bf16 or amp (default: fp16 on CUDA as CoOp, fp32 on CPU)."
+    ),
+]
+
+
+def resolve_run(device: str, precision: str | None) -> tuple[str, str]:
+    """The device and precision a command runs with (`said` tells them on stderr)."""
+    from nlp_cli import clip_model
+
+    device = clip_model.resolve_device(device)
+    return device, clip_model.resolve_precision(precision, device)
+
+
+def said(device: str, precision: str) -> None:
+    """The device and precision that ran, on stderr (after the work, so that a failure stays
+    one line)."""
+    output.info(f"ran on {device} ({precision})")
 
 
 def test_pause() -> None:

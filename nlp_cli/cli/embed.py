@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.cli.common import AsJson, finish, test_pause
+from nlp_cli.cli.common import AsJson, Device, Precision, finish, resolve_run, said, test_pause
 
 
 def _init_distributed(device: str) -> bool:
@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
         ),
         batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
         workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-        device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+        device: Device = "auto",
+        precision: Precision = None,
         seed: int = typer.Option(0, "--seed", help="Seed of the augmented views."),
         skip_bad: bool = typer.Option(
             False, "--skip-bad", help="Leave out undecodable images (listed in the metadata)."
@@ -66,8 +67,11 @@ def register(app: typer.Typer) -> None:
             workers=workers,
             device=device,
             shard_size=shard_size,
+            precision=precision,
         )
         opts.validate()
+        device, opts.precision = resolve_run(device, precision)
+        opts.device = device
         joined = _init_distributed(device)
         if joined and device == "cuda":
             import torch
@@ -85,6 +89,8 @@ def register(app: typer.Typer) -> None:
                 torch.distributed.destroy_process_group()
         if result.path is None:  # another rank writes the artifact
             return
+        if not result.cache_hit:
+            said(opts.device, opts.precision)
         finish(result, as_json)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from nlp_cli.cli import output
+from nlp_cli.cli.common import Device, Precision, resolve_run, said
 
 
 def render(result: dict[str, Any]) -> None:
@@ -42,7 +43,21 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, "--model", help="CLIP model name or checkpoint (default: the features' model)."
         ),
-        device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+        device: Device = "auto",
+        precision: Precision = None,
+        untrained: Path | None = typer.Option(
+            None,
+            "--untrained",
+            help="Evaluate an untrained random 16-token context (CoOp's init, --seed) on these "
+            "features: the baseline that shows what training added.",
+        ),
+        seed: int = typer.Option(1, "--seed", help="With --untrained: the context's seed."),
+        template: str | None = typer.Option(
+            None,
+            "--template",
+            help='Zero-shot hand prompt: "…{}…", or ensemble (CLIP\'s 80); default: the '
+            "dataset's CoOp template.",
+        ),
         out: Path | None = typer.Option(None, "--out", help="Where to write the metrics JSON."),
         plot: Path | None = typer.Option(
             None,
@@ -57,10 +72,16 @@ def register(app: typer.Typer) -> None:
         from nlp_cli.errors import UsageError
         from nlp_cli.stages.evaluate import evaluate
 
-        if zero_shot is not None:
+        if zero_shot is not None and untrained is not None:
+            raise UsageError("choose --zero-shot or --untrained, not both")
+        if zero_shot is not None or untrained is not None:
             if prompt is not None or features is not None:
-                raise UsageError("--zero-shot FEATURES takes neither a PROMPT nor --features")
-            path, feats = None, zero_shot
+                raise UsageError(
+                    "--zero-shot/--untrained FEATURES take neither a PROMPT nor --features"
+                )
+            path, feats = None, zero_shot or untrained
+        elif template is not None:
+            raise UsageError("--template applies to --zero-shot (a prompt brings its own context)")
         else:
             path, feats = output.input_path(prompt, "prompt file"), features
         if plot is not None:
@@ -69,8 +90,22 @@ def register(app: typer.Typer) -> None:
             if path is None:
                 raise UsageError("--plot draws a trained prompt's history: give a PROMPT")
             analysis.require_matplotlib()
-        result = evaluate(path, feats, split, model, device, out=out, write=not as_json)
+            artifacts.check_output(plot, [path, feats, out], what="--plot")
+        device, precision = resolve_run(device, precision)
+        result = evaluate(
+            path,
+            feats,
+            split,
+            model,
+            device,
+            out=out,
+            write=not as_json,
+            precision=precision,
+            template=template,
+            untrained=seed if untrained is not None else None,
+        )
         render(result.summary)
+        said(device, precision)
         if plot is not None:
             meta = artifacts.read_meta(path)
             history = meta.get("history") or []

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.cli.common import AsJson, Model, Out, finish
+from nlp_cli.cli.common import AsJson, Device, Model, Out, Precision, finish, resolve_run, said
 from nlp_cli.errors import UsageError
 
 
@@ -34,6 +34,14 @@ def register(app: typer.Typer) -> None:
             None, "--prompt", help="Trained prompt file for the prototypes (default: hand prompt)."
         ),
         model: Model = None,
+        template: str | None = typer.Option(
+            None,
+            "--template",
+            help='Hand prompt for the prototypes: "…{}…", or ensemble; default: the '
+            "dataset's CoOp template.",
+        ),
+        device: Device = "auto",
+        precision: Precision = None,
         report: Path | None = typer.Option(
             None, "--report", help="Also write the suspected wrong labels as CSV, worst first."
         ),
@@ -51,7 +59,19 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--reg and --solver apply to --method ot, not {method}")
         else:
             options = {}
-        opts = PurifyOptions(method=method, options=options, prompt=prompt, model=model)
+        device, precision = resolve_run(device, precision)
+        opts = PurifyOptions(
+            method=method,
+            options=options,
+            prompt=prompt,
+            model=model,
+            device=device,
+            precision=precision,
+            template=template,
+        )
         opts.validate()
         path = output.input_path(labels, "label set")
-        finish(make_partition(path, opts, out, report), as_json)
+        result = make_partition(path, opts, out, report)
+        if not result.cache_hit:
+            said(device, precision)
+        finish(result, as_json)

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.cli.common import show, test_pause
+from nlp_cli.cli.common import Precision, show, test_pause
 from nlp_cli.errors import UsageError
 
 
@@ -42,8 +42,10 @@ def register(app: typer.Typer) -> None:
         protocol: str | None = typer.Option(
             None,
             "--protocol",
-            autocompletion=_choices("dspt", "nlprompt"),
-            help="dspt (50 epochs, plain SGD) or nlprompt (200, momentum).",
+            autocompletion=_choices("coop", "dspt", "nlprompt"),
+            help="coop / dspt (CoOp's vit_b16_ep50: 50 epochs, SGD 0.002 momentum 0.9, wd 5e-4, "
+            "1 warm-up epoch, drop_last) or nlprompt (200 epochs, PromptOT every epoch, clean "
+            "then noisy batches); docs/PROTOCOLS.md.",
         ),
         epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (default 50)."),
         lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 0.002)."),
@@ -54,10 +56,27 @@ def register(app: typer.Typer) -> None:
             None, "--warmup-epochs", help="Epochs at the warm-up lr before the cosine (0)."
         ),
         warmup_lr: float | None = typer.Option(None, "--warmup-lr", help="Warm-up lr (1e-5)."),
+        warmup_recount: bool | None = typer.Option(
+            None,
+            "--warmup-recount/--no-warmup-recount",
+            help="Restart the cosine after the warm-up, as Dassl (default on).",
+        ),
+        drop_last: bool | None = typer.Option(
+            None, "--drop-last/--no-drop-last", help="Drop the last partial batch (presets: on)."
+        ),
+        loaders: str | None = typer.Option(
+            None,
+            "--loaders",
+            autocompletion=_choices("mixed", "separate"),
+            help="nlprompt: mixed batches, or separate (all clean batches, then all noisy).",
+        ),
         seed: str | None = typer.Option(
             None, "--seed", help="Seed of init, order and views (1), or a comma list: 1,2,3."
         ),
-        device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
+        device: str | None = typer.Option(
+            None, "--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N."
+        ),
+        precision: Precision = None,
         n_ctx: int | None = typer.Option(None, "--n-ctx", help="Context vectors (16)."),
         ctx_init: str | None = typer.Option(
             None, "--ctx-init", help='Initialise the context from words, e.g. "a photo of a".'
@@ -150,7 +169,11 @@ def register(app: typer.Typer) -> None:
             "weight_decay": weight_decay,
             "warmup_epochs": warmup_epochs,
             "warmup_lr": warmup_lr,
+            "warmup_recount": warmup_recount,
+            "drop_last": drop_last,
+            "loaders": loaders,
             "device": device,
+            "precision": precision,
             "n_ctx": n_ctx,
             "ctx_init": ctx_init,
             "csc": csc,
@@ -182,7 +205,9 @@ def register(app: typer.Typer) -> None:
             loss_knobs=per_loss,
         )
         inputs = list(data) if data else [output.input_path(None, "label set")]
-        results = train_prompts(inputs, opts, on_epoch=_progress(), on_checkpoint=test_pause)
+        results = train_prompts(
+            inputs, opts, on_epoch=_progress(), on_checkpoint=test_pause, on_info=output.info
+        )
         for r in results:
             show(r)
         if len(results) == 1:
@@ -201,7 +226,7 @@ def _progress():
         parts = [
             f"epoch {rec['epoch']}/{cfg.epochs}",
             f"lr {rec['lr']:.3g}",
-            f"loss {rec['loss']:.4f}",
+            "no batch" if rec["loss"] is None else f"loss {rec['loss']:.4f}",
             f"test acc {100 * rec['test_acc']:.2f}%",
         ]
         if label:

@@ -1,5 +1,13 @@
-"""`nlprompt`: CE on PromptOT-clean samples, MAE on the noisy ones; with `repurify = "epoch"`,
-PromptOT runs before every epoch with the current prompt, as NLPrompt's public code does."""
+"""`nlprompt`: CE on PromptOT-clean samples, MAE on the noisy ones.
+
+With `repurify = "epoch"`, PromptOT runs before every epoch with the current prompt on this
+epoch's (augmented) views, as NLPrompt's public code does (`before_epoch` over the training
+loader, in eval mode). With `loaders = "separate"`, the epoch is then NLPrompt's `run_epoch`:
+all clean batches first, then all noisy batches, each from its own shuffled loader that keeps
+the training loader's `drop_last` (a subset smaller than a batch gives no batch). With
+`drop_last`, the samples of the OT loader's last partial batch never reach the OT and count as
+noisy, as there.
+"""
 
 from __future__ import annotations
 
@@ -27,9 +35,31 @@ class NLPrompt(Standard):
         from nlp_cli.purify import promptot
 
         again = [r for r in runs if r.config.repurify == "epoch"]
-        if not again:
-            return
-        texts = text_features_many(model, [r.learner for r in again])
-        for r, t in zip(again, texts, strict=True):
-            result = promptot(r.train, r.normalise(t), r.given, scale, reg=0.01)
-            r.epoch_clean = torch.as_tensor(result.clean, dtype=torch.bool, device=r.device)
+        if again:
+            texts = text_features_many(model, [r.learner for r in again])
+            for r, t in zip(again, texts, strict=True):
+                seen = r.order
+                if r.config.drop_last and r.n >= r.config.batch_size:
+                    seen = r.order[: r.n - r.n % r.config.batch_size]
+                clean = torch.zeros(r.n, dtype=torch.bool, device=r.device)
+                result = promptot(r.x_epoch[seen], r.normalise(t), r.given[seen], scale, reg=0.01)
+                clean[seen] = torch.as_tensor(result.clean, dtype=torch.bool, device=r.device)
+                r.epoch_clean = clean
+        for r in runs:
+            if r.config.loaders == "separate" and r.epoch_clean is not None:
+                _clean_then_noisy(r, epoch)
+
+
+def _clean_then_noisy(run: Any, epoch: int) -> None:
+    """This epoch's order: the clean loader's batches, then the noisy loader's."""
+    bs = run.config.batch_size
+    g = torch.Generator().manual_seed(run.config.seed * 1_000_003 + epoch + 13)
+    batches = []
+    for keep in (run.epoch_clean, ~run.epoch_clean):
+        idx = keep.nonzero().flatten().cpu()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        if run.config.drop_last:
+            idx = idx[: len(idx) - len(idx) % bs]
+        batches += [b.to(run.device) for b in idx.split(bs)]
+    run.batches = batches
+    run.steps = len(batches)

@@ -83,7 +83,7 @@ def analyze_gradients(
     key = artifacts.cache_key("analysis", upstream, options)
     target = out or artifacts.default_out("analysis", f"grad-{path.stem}", key, ".json")
     if write:
-        artifacts.ensure_writable(target)
+        artifacts.check_output(target, [path, opts.prompt])
     if write and out is None and not need_stats and target.exists():
         try:
             summary = json.loads(target.read_text())

@@ -139,7 +139,7 @@ def make_labelset(
         stem += f"{desc_rate:g}"
     stem += f"-s{opts.seed}" + (f"-{opts.shots}shot" if opts.shots else "")
     target = Path(out) if out is not None else artifacts.default_out("labelset", stem, key)
-    artifacts.ensure_writable(target)
+    artifacts.check_output(target, [path])
     if artifacts.cached(target, key, "labelset"):
         return StageResult(target, artifacts.read_meta(target).get("noise") or {}, cache_hit=True)
 

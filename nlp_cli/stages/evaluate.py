@@ -19,6 +19,9 @@ def evaluate(
     device: str = "cpu",
     out: Path | None = None,
     write: bool = True,
+    precision: str | None = None,
+    template: str | None = None,
+    untrained: int | None = None,
 ) -> StageResult:
     """Metrics JSON of `prompt` on a split of its features (or of `features`); zero-shot with
     the hand prompt when `prompt` is None. With `write`, the metrics are saved to `out` (or a
@@ -27,17 +30,26 @@ def evaluate(
         raise UsageError("nothing to evaluate: give a prompt file or --zero-shot FEATURES")
     prompt = Path(prompt) if prompt is not None else None
     if write and out is not None:
-        artifacts.ensure_writable(out)
+        artifacts.check_output(out, [prompt, features])
     summary = metrics_of.evaluate(
-        prompt, Path(features) if features else None, split, model, device
+        prompt,
+        Path(features) if features else None,
+        split,
+        model,
+        device,
+        precision,
+        template,
+        untrained,
     )
     if not write:
         return StageResult(None, summary)
     upstream = {"features": artifacts.file_digest(summary["features"])}
     if prompt is not None:
         upstream["prompt"] = artifacts.file_digest(prompt)
-    key = artifacts.cache_key("metrics", upstream, {"split": split})
-    stem = f"eval-{prompt.stem if prompt else 'zero-shot'}-{split}"
+    options = {"split": split, "template": template, "untrained": untrained}
+    key = artifacts.cache_key("metrics", upstream, options)
+    what = "untrained" if untrained is not None else "zero-shot"
+    stem = f"eval-{prompt.stem if prompt else what}-{split}"
     target = Path(out) if out is not None else artifacts.default_out("metrics", stem, key, ".json")
     artifacts.atomic_write_text(target, json.dumps(summary, indent=2) + "\n")
     return StageResult(target, summary)

@@ -47,12 +47,14 @@ def embed(
     """Encode a dataset (catalog name, folder or CSV) with CLIP's image encoder, once.
 
     Returns a result whose path is None on torchrun ranks other than 0 (rank 0 writes)."""
-    from nlp_cli import datasets
+    from nlp_cli import artifacts, datasets
     from nlp_cli.embed import EmbedOptions
     from nlp_cli.embed import embed as run_embed
 
     opts = opts or EmbedOptions()
     opts.validate()
+    source = Path(dataset)
+    artifacts.check_output(out, [source] if source.is_file() else [])
     ds = datasets.load(dataset, root)
     done = run_embed(ds, model, opts, out, on_progress=on_progress, on_shard=on_shard)
     if done is None:

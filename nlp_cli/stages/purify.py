@@ -27,6 +27,8 @@ class PurifyOptions:
     prompt: Path | None = None  # a trained prompt file for the prototypes (default: hand prompt)
     model: str | None = None  # override the CLIP model recorded in the features
     device: str = "cpu"
+    precision: str | None = None
+    template: str | None = None  # hand prompt: None = the dataset's CoOp template; "ensemble"
 
     def validate(self) -> dict[str, Any]:
         """The purifier's options with its defaults filled in; one UsageError line if wrong."""
@@ -49,8 +51,10 @@ class PurifyOptions:
         return dict(self.options)
 
 
-def text_prototypes(feats: artifacts.Artifact, loaded: Any, prompt: Path | None):
-    """Class text features: the hand prompt, or a trained prompt file's context."""
+def text_prototypes(
+    feats: artifacts.Artifact, loaded: Any, prompt: Path | None, template: str | None = None
+):
+    """Class text features: the dataset's hand prompt (or `template`), or a trained prompt's."""
     import torch
 
     from nlp_cli import clip_model
@@ -58,7 +62,8 @@ def text_prototypes(feats: artifacts.Artifact, loaded: Any, prompt: Path | None)
 
     with torch.no_grad():
         if prompt is None:
-            return clip_model.hand_prompt_features(loaded.model, feats.classnames)
+            dataset = feats.meta.get("dataset")
+            return clip_model.class_prototypes(loaded.model, feats.classnames, dataset, template)
         art = artifacts.load(prompt, "prompt")
         artifacts.check_compatible(art, feats, f"{art.path} and {feats.path}")
         return prompt_text_features(loaded.model, art)
@@ -120,21 +125,27 @@ def make_partition(
     if opts.prompt is not None:
         upstream["prompt"] = artifacts.file_digest(opts.prompt)
     options = {"method": spec.name, **purifier_opts}
+    if opts.template is not None:
+        options["template"] = opts.template
     key = artifacts.cache_key("partition", upstream, options)
     target = (
         Path(out)
         if out is not None
         else artifacts.default_out("partition", f"{path.stem}-{opts.method}", key)
     )
-    artifacts.ensure_writable(target)
+    artifacts.check_output(target, [path, opts.prompt])
+    if report is not None:
+        artifacts.check_output(report, [path, target, opts.prompt], what="--report")
     if report is None and artifacts.cached(target, key, "partition"):
         meta = artifacts.read_meta(target)
         summary = {"method": opts.method, "detection": meta.get("detection")}
         return StageResult(target, summary, cache_hit=True)
 
     result = StageResult(target)
-    loaded = clip_model.load_for(feats.meta, override=opts.model, device=opts.device)
-    text = text_prototypes(feats, loaded, opts.prompt)
+    loaded = clip_model.load_for(
+        feats.meta, override=opts.model, device=opts.device, precision=opts.precision
+    )
+    text = text_prototypes(feats, loaded, opts.prompt, opts.template)
     given, true = data.labels, data.true_labels
     verdict = purifiers.purify(
         opts.method,

@@ -63,6 +63,8 @@ class _Run:
     key: str
     target: Path
     hit: bool
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -146,7 +148,10 @@ def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
     for loss in opts.loss_knobs:
         if loss not in named:
             raise UsageError(f"--knob {loss}.…: {loss!r} is not among the losses trained")
+    if opts.export_coop is not None:
+        artifacts.check_output(opts.export_coop, [*inputs, *opts.outs], what="--export-coop")
     loaded_data: dict[Path, Any] = {}
+    purified: list[StageResult] = []
     runs = []
     for i, (path, run_loss, run_seed) in enumerate(combos):
         own = opts.loss_knobs.get(run_loss or "ce", {})
@@ -155,6 +160,19 @@ def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
         if path not in loaded_data:
             loaded_data[path] = lib.load_data(path)
         td = loaded_data[path]
+        if _needs_purifying(cfg, td):
+            # NLPrompt is purification plus training: PromptOT with the hand prompt first, as
+            # `nlp purify` would (its partition is an artifact of its own, cached).
+            from nlp_cli.stages.purify import PurifyOptions, make_partition
+
+            part = make_partition(
+                path, PurifyOptions(device=cfg.device, precision=cfg.precision, model=opts.model)
+            )
+            purified.append(part)
+            path = Path(part.path)
+            if path not in loaded_data:
+                loaded_data[path] = lib.load_data(path)
+            td = loaded_data[path]
         init_ctx, init_ref = None, None
         if opts.init_from is not None:
             init_ctx, init_ref = _init_ctx(Path(opts.init_from), td.features.meta)
@@ -166,10 +184,32 @@ def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
         name = cfg.loss if cfg.method == "standard" else cfg.method
         stem = f"{td.features.meta.get('dataset', 'prompt')}-{name}-{path.stem}"
         target = Path(opts.outs[i]) if opts.outs else artifacts.default_out("prompt", stem, key)
-        artifacts.ensure_writable(target)
+        artifacts.check_output(target, [*inputs, opts.init_from])
+        if any(target.resolve() == r.target.resolve() for r in runs):
+            raise UsageError(f"two runs would write {target}: give each run its own --out")
         hit = artifacts.cached(target, key, "prompt")
-        runs.append(_Run(td, cfg, init_ctx, upstream, options, key, target, hit))
+        run = _Run(td, cfg, init_ctx, upstream, options, key, target, hit)
+        if proto is not None and "train.views" not in td.features.tensors and not hit:
+            run.warnings.append(
+                f"the {proto} protocol trains on CoOp's augmented images (random "
+                f"resized crop + flip); {td.features.path.name} holds only center crops: "
+                "`nlp embed … --views 10` caches augmented views to draw from"
+            )
+        runs.append(run)
+    for part in purified:
+        runs[0].notes.append(f"purified first (PromptOT, hand prompt): {part.path}")
+        runs[0].notes.extend(part.notes)
     return runs
+
+
+def _needs_purifying(cfg: Any, data: Any) -> bool:
+    """A run of the nlprompt loss on labels without a partition, not re-purified each epoch."""
+    return (
+        cfg.effective_method == "nlprompt"
+        and cfg.repurify != "epoch"
+        and data.clean is None
+        and data.source.kind == "labelset"
+    )
 
 
 EpochCallback = Callable[[int, str, dict[str, Any], Any], None]
@@ -180,11 +220,13 @@ def train_prompts(
     opts: TrainOptions | None = None,
     on_epoch: EpochCallback | None = None,
     on_checkpoint: Callable[[], None] | None = None,
+    on_info: Callable[[str], None] | None = None,
 ) -> list[StageResult]:
     """Train every requested run (cached ones are not retrained); one result per run, in order.
 
     `on_epoch(run, label, record, config)` follows each run's epochs; `on_checkpoint()` runs
-    after each epoch's checkpoint is on disk.
+    after each epoch's checkpoint is on disk; `on_info(line)` hears which device and precision
+    run before the work starts.
     """
     from nlp_cli import checkpoints, clip_model
     from nlp_cli.evaluate import last_k_mean
@@ -192,12 +234,17 @@ def train_prompts(
     opts = opts or TrainOptions()
     runs = plan_runs([Path(p) for p in inputs], opts)
     pending = [r for r in runs if not r.hit]
-    notes: dict[int, list[str]] = {id(r): [] for r in runs}
+    notes: dict[int, list[str]] = {id(r): list(r.notes) for r in runs}
     if opts.export_coop is not None or pending:
         first = runs[0]
         loaded = clip_model.load_for(
-            first.data.features.meta, opts.model, device=first.config.device
+            first.data.features.meta,
+            opts.model,
+            device=first.config.device,
+            precision=first.config.precision,
         )
+        if on_info is not None:
+            on_info(f"training on {first.config.device} ({first.config.precision})")
         if opts.export_coop is not None and first.hit:
             prompt = artifacts.load(first.target, "prompt")
             checkpoints.export_coop(opts.export_coop, loaded.model, prompt)
@@ -213,7 +260,9 @@ def train_prompts(
             "test_acc": history[-1]["test_acc"] if history else None,
             "last5_mean_acc": last_k_mean(history),
         }
-        results.append(StageResult(r.target, summary, cache_hit=r.hit, notes=notes[id(r)]))
+        results.append(
+            StageResult(r.target, summary, r.hit, warnings=r.warnings, notes=notes[id(r)])
+        )
     return results
 
 
