@@ -244,10 +244,15 @@ def load_for(
             continue
         want = recorded.get("digest")
         if want and loaded.identity["digest"] != want:
-            raise ArtifactError(
+            # a file of the recorded name in the current folder is not the recorded model:
+            # try the recorded path next; refuse only when no candidate is the right model
+            last = ArtifactError(
                 f"CLIP model {cand} differs from the one the artifact was made with "
                 f"({recorded.get('name')}): pass the right one with --model"
             )
+            if override:
+                raise last
+            continue
         return loaded
     name = recorded.get("name") or "?"
     raise ArtifactError(

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_cli import clip_model
+from nlp_cli.errors import UsageError
 
 POSITIONS = ("end", "middle", "front")
 
@@ -47,8 +48,12 @@ class PromptLearner(nn.Module):
         n_cls = len(names)
 
         if ctx_init:
-            init_words = ctx_init.replace("_", " ").strip()
-            n_ctx = len(_tokenizer().encode(init_words))
+            from nlp_cli.templates import ctx_init_words
+
+            # CoOp counts the context in words (`len(ctx_init.split(" "))`) and takes that many
+            # token embeddings after [SOS]; a word of several BPE tokens leaves its other tokens
+            # in the frozen suffix, as there (checkpoint interop depends on the count).
+            init_words, n_ctx = ctx_init_words(ctx_init)
             with torch.no_grad():
                 emb = model.token_embedding(clip_model.tokenize([init_words]).to(device))
             ctx = emb[0, 1 : 1 + n_ctx].clone().to(dtype)
@@ -70,6 +75,12 @@ class PromptLearner(nn.Module):
         self.position = position
         tok = _tokenizer()
         self.name_lens = [len(tok.encode(n)) for n in names]
+        longest = len(tok.encode(prefix_text)) + max(self.name_lens, default=0) + 3
+        if longest > 77:  # [SOS] … "." [EOT]: CLIP's text tower holds 77 positions
+            raise UsageError(
+                f"the prompt needs {longest} tokens ({n_ctx} context, the longest class name "
+                f"{max(self.name_lens)}), more than CLIP's 77: use a smaller --n-ctx"
+            )
         self.register_buffer(
             "tokenized", clip_model.tokenize([f"{prefix_text} {n}." for n in names]).to(device)
         )

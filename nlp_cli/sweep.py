@@ -299,6 +299,7 @@ def train_options(grid: Grid, cell: Cell, prompt: Path, device: str) -> Any:
         settings=settings,
         outs=[prompt],
         loss_knobs={k: v for k, v in per_loss.items() if k == cell.method.loss},
+        resume=True,  # an interrupted cell continues from its checkpoint (same key only)
     )
 
 

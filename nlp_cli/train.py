@@ -29,6 +29,7 @@ from nlp_cli.checkpoints import (  # noqa: F401  (re-exported: the old home of t
 )
 from nlp_cli.data import TrainData, load_data  # noqa: F401  (re-exported)
 from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
+from nlp_cli.methods import epoch_seed
 from nlp_cli.prompt import POSITIONS, PromptLearner, text_features_many
 
 TARGETS = ("labels", "zero-shot")
@@ -418,7 +419,7 @@ class RunState:
         self.lr = self.config.lr_at(epoch)
         for group in self.optim.param_groups:
             group["lr"] = self.lr
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
         self.order = torch.randperm(self.n, generator=g).to(self.device)
         self.x_epoch = self.train
         if self.views is not None:
@@ -513,6 +514,7 @@ def train_many(
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     inspect: Callable[[int, int, PromptLearner], None] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> list[TrainResult]:
     """Train R prompts over the same features at once; result r equals train_prompt's for run r.
 
@@ -521,12 +523,15 @@ def train_many(
     Every step encodes the prompts of all runs that still have a batch in one text-encoder pass
     (prompt.text_features_many) and backpropagates the sum of their losses: run r's ctx gets
     run r's gradient alone. `on_epoch(r, record)` and `inspect(r, epoch, learner)` are called
-    as run r finishes an epoch, `on_checkpoint()` after its checkpoint is written.
+    as run r finishes an epoch, `on_checkpoint()` after its checkpoint is written, `on_start()`
+    once every run is set up (inputs checked), before the first epoch.
     """
     runs, model, scale, test_x, test_y = _setup(
         datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys
     )
     device, precision = configs[0].device, configs[0].precision
+    if on_start is not None:
+        on_start()
     checkpoints = list(checkpoints or [None] * len(runs))
     for epoch in range(min(r.start for r in runs), max(c.epochs for c in configs)):
         active = [r for r in runs if r.active(epoch)]

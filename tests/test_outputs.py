@@ -342,3 +342,95 @@ def test_two_runs_with_one_out_are_refused(cli, trained, tmp_path):
     )
     assert r.code == 2 and "two runs would write" in r.stderr
     assert not out.exists()
+
+
+def test_inputs_over_two_clip_models_train_each_with_its_own(cli, features, tmp_path):
+    from conftest import make_features
+
+    from nlp_cli import artifacts, clip_model
+
+    other_clip = clip_model.save_checkpoint(clip_model.build_tiny(seed=5), tmp_path / "b.pt")
+    other = make_features(tmp_path / "feats-b.safetensors", other_clip)
+    outs = [tmp_path / "pa.safetensors", tmp_path / "pb.safetensors"]
+    r = cli(
+        "train",
+        features,
+        other,
+        "--epochs",
+        "1",
+        "--n-ctx",
+        "4",
+        "--out",
+        outs[0],
+        "--out",
+        outs[1],
+    )
+    assert r.code == 0, r.stderr
+    for out, feats in zip(outs, (features, other), strict=True):
+        made = artifacts.load(out, "prompt").meta["model"]["digest"]
+        assert made == artifacts.load(feats, "features").meta["model"]["digest"]
+
+
+def test_a_file_of_the_recorded_model_name_in_the_cwd_is_passed_over(
+    cli, features, tmp_path, monkeypatch
+):
+    """The recorded name is tried first; a different file of that name in the current folder
+    must not make a valid artifact unusable: the recorded path is tried next."""
+    from nlp_cli import artifacts, clip_model
+
+    name = artifacts.load(features, "features").meta["model"]["name"]
+    cwd = tmp_path / "elsewhere"
+    (cwd / Path(name).parent).mkdir(parents=True, exist_ok=True)
+    clip_model.save_checkpoint(clip_model.build_tiny(seed=7), cwd / name)
+    monkeypatch.chdir(cwd)
+    r = cli("eval", "--zero-shot", features, "--json")
+    assert r.code == 0, r.stderr
+
+
+def test_huge_seed_and_too_long_context_are_one_line(cli, features):
+    r = cli("train", features, "--epochs", "1", "--n-ctx", "2", "--seed", str(2**62))
+    assert r.code == 0, r.stderr
+    r = cli("train", features, "--epochs", "1", "--n-ctx", "100")
+    assert r.code == 2 and "more than CLIP's 77" in r.stderr and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--lr", "nan"], "--lr must be finite"),
+        (["--lr", "inf"], "--lr must be finite"),
+        (["--momentum", "nan"], "--momentum must be finite"),
+        (["--weight-decay", "inf"], "--weight-decay must be finite"),
+    ],
+)
+def test_non_finite_training_options_are_refused(cli, features, args, needle):
+    r = cli("train", features, "--epochs", "1", *args)
+    assert r.code == 2 and needle in r.stderr
+
+
+def test_config_values_are_type_checked(cli, features, tmp_path):
+    for text, needle in (
+        ("csc: 'false'\n", "--csc must be true or false"),
+        ("lr: '0.01'\n", "--lr must be a number"),
+        ("epochs: 1.5\n", "--epochs must be a whole number"),
+    ):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(text)
+        r = cli("train", features, "--config", cfg)
+        assert r.code == 2 and needle in r.stderr, (text, r.stderr)
+
+
+def test_a_diverging_run_stops_and_writes_nothing(cli, features, tmp_path):
+    out = tmp_path / "p.safetensors"
+    r = cli("train", features, "--epochs", "2", "--lr", "1e30", "--out", out)
+    assert r.code == 1 and "training diverged in epoch" in r.stderr
+    assert not out.exists()
+
+
+def test_a_non_finite_init_context_is_refused(cli, features, tmp_path):
+    import torch
+
+    bad = tmp_path / "model.pth.tar-1"
+    torch.save({"state_dict": {"ctx": torch.full((16, 32), float("nan"))}, "epoch": 1}, bad)
+    r = cli("train", features, "--epochs", "1", "--init-from", bad)
+    assert r.code == 1 and "NaN" in r.stderr

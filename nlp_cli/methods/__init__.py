@@ -39,6 +39,12 @@ class Method:
         raise NotImplementedError
 
 
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """The seed of one epoch's randomness (order, views; `stream` tells uses apart), inside
+    torch's 64-bit seed range for any seed (a plain product overflows it for seeds ≥ 2**44)."""
+    return (seed * 1_000_003 + epoch + stream) % 2**63
+
+
 def register(cls: type) -> type:
     """Class decorator adding a method to the registry under `cls.name`."""
     _REGISTRY.add(cls.name, cls)

@@ -9,7 +9,7 @@ import torch
 
 from nlp_cli import joapr
 from nlp_cli.errors import UsageError
-from nlp_cli.methods import register
+from nlp_cli.methods import epoch_seed, register
 from nlp_cli.methods.standard import Standard
 from nlp_cli.prompt import text_features_many
 
@@ -53,7 +53,7 @@ class JoAPR(Standard):
             r.epoch_clean = w > c.joapr_threshold
             r.state["soft"] = soft
             r.state["lams"] = joapr.mix_lambdas(c.joapr_alpha, r.steps, c.seed, epoch)
-            r.state["mix_g"] = torch.Generator().manual_seed(c.seed * 1_000_003 + epoch + 7)
+            r.state["mix_g"] = torch.Generator().manual_seed(epoch_seed(c.seed, epoch, 7))
 
     def batch_loss(self, run: Any, idx: Any, text: Any) -> Any:
         soft = run.state.get("soft")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nlp_cli.methods import register
+from nlp_cli.methods import epoch_seed, register
 from nlp_cli.methods.standard import Standard
 from nlp_cli.prompt import text_features_many
 
@@ -53,7 +53,7 @@ class NLPrompt(Standard):
 def _clean_then_noisy(run: Any, epoch: int) -> None:
     """This epoch's order: the clean loader's batches, then the noisy loader's."""
     bs = run.config.batch_size
-    g = torch.Generator().manual_seed(run.config.seed * 1_000_003 + epoch + 13)
+    g = torch.Generator().manual_seed(epoch_seed(run.config.seed, epoch, 13))
     batches = []
     for keep in (run.epoch_clean, ~run.epoch_clean):
         idx = keep.nonzero().flatten().cpu()

@@ -243,14 +243,23 @@ def train_prompts(
             device=first.config.device,
             precision=first.config.precision,
         )
-        if on_info is not None:
-            on_info(f"training on {first.config.device} ({first.config.precision})")
         if opts.export_coop is not None and first.hit:
             prompt = artifacts.load(first.target, "prompt")
             checkpoints.export_coop(opts.export_coop, loaded.model, prompt)
             notes[id(first)].append(f"CoOp checkpoint: {opts.export_coop}")
     for group in _groups(pending):
-        _train_group(group, loaded, opts, on_epoch, on_checkpoint, notes, runs)
+        model_meta = group[0].data.features.meta
+        if model_meta.get("model") != first.data.features.meta.get("model"):
+            # inputs over features of another CLIP: that CLIP trains them (and is recorded)
+            loaded = clip_model.load_for(
+                model_meta,
+                opts.model,
+                device=group[0].config.device,
+                precision=group[0].config.precision,
+            )
+        said = f"training on {group[0].config.device} ({group[0].config.precision})"
+        start = (lambda line=said: on_info(line)) if on_info is not None else None
+        _train_group(group, loaded, opts, on_epoch, on_checkpoint, notes, runs, start)
     results = []
     for r in runs:
         history = artifacts.read_meta(r.target).get("history") or []
@@ -285,6 +294,7 @@ def _train_group(
     on_checkpoint: Callable[[], None] | None,
     notes: dict[int, list[str]],
     runs: list[_Run],
+    on_start: Callable[[], None] | None = None,
 ) -> None:
     """Train a group together and write each run's prompt file (and its checkpoint meanwhile)."""
     from nlp_cli import checkpoints
@@ -307,6 +317,7 @@ def _train_group(
         run_keys=[r.key for r in group],
         on_epoch=progress,
         on_checkpoint=on_checkpoint,
+        on_start=on_start,
     )
     for r, result, ckpt in zip(group, results, ckpts, strict=True):
         if result.info.get("resumed_at"):
