@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from nlp_cli.errors import UsageError
+from nlp_cli.errors import NlpError, UsageError
 from nlp_cli.registry import Registry, first_doc_line
 
 SOLVERS = ("torch", "pot")
-# Above this span of the (shifted) cost divided by reg, exp(-M/reg) leaves float64's range
+# Above this span of a column of the cost divided by reg, exp(-M/reg) leaves float64's range
 # (exp(-708) is its smallest normal number), so the scaling iterations would divide by zero.
 LOG_DOMAIN_SPAN = 600.0
 
@@ -117,7 +117,7 @@ def promptot_cost(
     """PromptOT's cost M = −log_softmax(softmax(s·I·Tᵀ)), float64 [N, C]."""
     probs = class_logits(image_feats, text_feats, logit_scale).softmax(dim=-1)
     # The public NLPrompt code takes log_softmax of the probabilities: a double softmax.
-    return -probs.log_softmax(dim=-1)
+    return probs.log_softmax(dim=-1).neg_()
 
 
 @dataclass
@@ -129,6 +129,7 @@ class SinkhornResult:
     error: float
     log_domain: bool
     converged: bool
+    fell_back: bool = False  # the scaling form broke down and the log domain took over
 
 
 def sinkhorn(
@@ -142,41 +143,68 @@ def sinkhorn(
 ) -> SinkhornResult:
     """Entropic OT plan for cost M [..., N, C] and marginals a [N], b [C] (uniform by default).
 
-    The iterations and the stopping rule (column-marginal error checked every 10th iteration)
-    are POT's `sinkhorn_knopp` / `sinkhorn_log`; a leading batch dimension solves several
-    problems at once. `log_domain=None` picks the log domain when exp(−M/reg) would underflow.
+    The iterations and the stopping rule (L2 error of the column marginal, checked after the
+    1st, 11th, 21st, … iteration) are POT's `sinkhorn_knopp` / `sinkhorn_log`; a leading batch
+    dimension solves several problems at once. `log_domain=None` picks the log domain when
+    exp(−M/reg) would underflow (`needs_log_domain`), and also when the scaling form meets a
+    non-finite value on the way; `False` keeps the scaling form and, like POT, stops at the
+    last finite iterate.
     """
     if reg <= 0:
         raise ValueError("reg must be positive")
+    if max_iter < 1:
+        raise ValueError("max_iter must be at least 1")
     M = M.double()
     n, c = M.shape[-2], M.shape[-1]
     a = torch.full((n,), 1.0 / n, dtype=M.dtype) if a is None else a.double()
     b = torch.full((c,), 1.0 / c, dtype=M.dtype) if b is None else b.double()
+    auto = log_domain is None
+    if auto:
+        log_domain = needs_log_domain(M, reg)
+    fell_back = False
+    if not log_domain:
+        plan, it, err, converged, finite = _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr)
+        if finite or not auto:
+            return SinkhornResult(plan, it, err, False, converged)
+        del plan
+        fell_back = True
+    plan, it, err, converged = _sinkhorn_log(M, a, b, reg, max_iter, stop_thr)
+    return SinkhornResult(plan, it, err, True, converged, fell_back)
+
+
+def cost_span(M: torch.Tensor, reg: float) -> float:
+    """The largest spread of a column of M [..., N, C], divided by reg."""
+    return float((M.amax(dim=-2) - M.amin(dim=-2)).amax()) / reg
+
+
+def needs_log_domain(M: torch.Tensor, reg: float) -> bool:
+    """Whether the scaling form of Sinkhorn would leave float64's range on cost M at reg.
+
+    The scaling form works on K = exp(−(M − column minimum)/reg): past a span of
+    `LOG_DOMAIN_SPAN` (exp(−708) is float64's smallest normal number, and the scalings u, v
+    need some room too) entries of K underflow and Kᵀu can reach zero.
+    """
+    return cost_span(M, reg) > LOG_DOMAIN_SPAN
+
+
+def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
     # Adding a constant to a column of M rescales v and leaves the plan, and every iterate
     # of u, unchanged (v is updated first); a zero minimum per column keeps exp(−M/reg) in
     # float64's range. Row shifts would be as harmless at convergence, but they change
     # where the (uniform) starting u sits, so unconverged plans would differ from POT's.
-    shifted = M - M.amin(dim=-2, keepdim=True)
-    if log_domain is None:
-        log_domain = bool(float(shifted.amax()) / reg > LOG_DOMAIN_SPAN)
-    solve = _sinkhorn_log if log_domain else _sinkhorn_scaling
-    plan, it, err, converged = solve(shifted, a, b, reg, max_iter, stop_thr)
-    return SinkhornResult(plan, it, err, log_domain, converged)
-
-
-def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
     # K is kept as [C, N]: both products then run over contiguous rows (3-4x faster on CPU).
-    Kt = torch.exp(M.transpose(-1, -2) / -reg).contiguous()
+    Kt = M.transpose(-1, -2) - M.amin(dim=-2).unsqueeze(-1)
+    Kt = Kt.div_(-reg).exp_().contiguous()
     u = torch.full(M.shape[:-1], 1.0 / M.shape[-2], dtype=M.dtype)
     v = torch.full(M.shape[:-2] + M.shape[-1:], 1.0 / M.shape[-1], dtype=M.dtype)
-    err, it, converged = math.inf, 0, False
+    err, it, converged, finite = math.inf, 0, False, True
     for it in range(max_iter):  # noqa: B007 - the last index is reported
         u_prev, v_prev = u, v
         v = b / _times(Kt, u)
         u = a / _times_t(Kt, v)
         # One reduction instead of POT's four checks: a zero in Kᵀu makes v infinite.
         if not math.isfinite(float(u.sum() + v.sum())):
-            u, v = u_prev, v_prev
+            u, v, finite = u_prev, v_prev, False
             break
         if it % 10 == 0:
             err = float((v * _times(Kt, u) - b).norm(dim=-1).max())
@@ -184,47 +212,99 @@ def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
                 converged = True
                 break
     plan = (v.unsqueeze(-1) * Kt * u.unsqueeze(-2)).transpose(-1, -2)
-    return plan, it + 1, err, converged
+    return plan, it + 1, err, converged, finite
 
 
-def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr, tau=1e3):
-    """Sinkhorn with potentials kept in the log domain (f, g), absorbed into K when u or v
+# Entries of M per block in the log domain: a block of about 1 MiB stays in cache, so each
+# pass reads M once and no temporary of M's size is made.
+_BLOCK = 1 << 17
+# Log-plan entries below this are stored as exp(_LOG_FLOOR) ≈ 1e-304 rather than as 0 or a
+# subnormal number: they weigh nothing next to a row or column sum (≥ min(a)·min(b)), and
+# subnormal inputs and results slow exp and every later product down several times.
+_LOG_FLOOR = -700.0
 
-    leave [1/tau, tau]: the iterates of POT's `sinkhorn_log` at the cost of matrix-vector
-    products (a full log-sum-exp per half-step is ~20x slower at 50 000 × 101).
+
+def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr):
+    """Sinkhorn on the dual potentials u = f/reg, v = g/reg: POT's `sinkhorn_log`.
+
+    POT's updates are v = log b − logsumexp_i(−M/reg + u) and u = log a − logsumexp_j(−M/reg
+    + v). The first iteration computes them so, with the maximum as the shift. From then on
+    the current potentials are a better shift: −M/reg + u + v is the log of the current plan,
+    whose entries are at most 1, and whose column sums (after a u-update) are at least
+    min(a)·b_j and row sums (after a v-update) at least min(b)·a_i. So each half-step is one
+    exponential per entry of the plan P = exp(−M/reg + u + v), its column sums s (v += log b/s)
+    and one product P·(b/s) (the row sums after that v-update: u += log a/r), with no maximum
+    pass and no over- or underflow that matters. A half-step whose sums still come out zero
+    or non-finite (zeros in a or b) is redone with the max-shifted logsumexp.
+    Memory: the plan, one block of M at a time and vectors.
     """
-    Mt = M.transpose(-1, -2).contiguous()
-    f = torch.zeros(M.shape[:-1], dtype=M.dtype)
-    g = torch.zeros(M.shape[:-2] + M.shape[-1:], dtype=M.dtype)
-
-    def kernel():
-        return torch.exp((g.unsqueeze(-1) + f.unsqueeze(-2) - Mt) / reg)
-
-    Kt = kernel()
-    u = torch.ones_like(f)
-    v = torch.ones_like(g)
-    err, it, converged = math.inf, 0, False
-    for it in range(max_iter):  # noqa: B007 - the last index is reported
-        v = b / _times(Kt, u)
-        u = a / _times_t(Kt, v)
-        if bool(
-            (u.abs() > tau).any()
-            or (v.abs() > tau).any()
-            or (u < 1 / tau).any()
-            or (v < 1 / tau).any()
-        ):
-            f = f + reg * u.log()
-            g = g + reg * v.log()
-            u, v = torch.ones_like(u), torch.ones_like(v)
-            Kt = kernel()
-        if it % 10 == 0:
-            err = float((v * _times(Kt, u) - b).norm(dim=-1).max())
+    shape = M.shape
+    n, c = shape[-2], shape[-1]
+    M3 = M.reshape(-1, n, c)
+    rows = max(1, _BLOCK // c)
+    log_a, log_b = a.log(), b.log()
+    plan = torch.empty_like(M3)
+    u = torch.zeros(M3.shape[:2], dtype=M.dtype)
+    v = log_b - _lse_cols(M3, u, reg, rows)
+    u = log_a - _lse_rows(M3, v, reg, rows)
+    it, err, converged = 1, math.inf, False
+    while True:
+        col = _plan_into(plan, M3, u, v, reg, rows)
+        if (it - 1) % 10 == 0:
+            err = float((col - b).norm(dim=-1).max())
             if err < stop_thr:
                 converged = True
                 break
-    log_plan = (g.unsqueeze(-1) + f.unsqueeze(-2) - Mt) / reg
-    plan = torch.exp(log_plan + v.log().unsqueeze(-1) + u.log().unsqueeze(-2)).transpose(-1, -2)
-    return plan, it + 1, err, converged
+        if it == max_iter:
+            break
+        w = b / col
+        if _positive_finite(w):
+            v = v + w.log()
+            row = torch.bmm(plan, w.unsqueeze(-1)).squeeze(-1)
+            fit = a / row
+            u = u + fit.log() if _positive_finite(fit) else log_a - _lse_rows(M3, v, reg, rows)
+        else:
+            v = log_b - _lse_cols(M3, u, reg, rows)
+            u = log_a - _lse_rows(M3, v, reg, rows)
+        it += 1
+    return plan.reshape(shape), it, err, converged
+
+
+def _positive_finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all() and (x > 0).all())
+
+
+def _blocks(n: int, rows: int) -> range:
+    return range(0, n, rows)
+
+
+def _plan_into(plan, M3, u, v, reg, rows):
+    """plan ← exp(max(−M/reg + u + v, _LOG_FLOOR)), block by block; its column sums [B, C]."""
+    col = torch.zeros(v.shape, dtype=M3.dtype)
+    for s in _blocks(M3.shape[1], rows):
+        block = plan[:, s : s + rows]
+        torch.div(M3[:, s : s + rows], -reg, out=block)
+        block.add_(u[:, s : s + rows, None]).add_(v[:, None, :]).clamp_min_(_LOG_FLOOR).exp_()
+        col += block.sum(dim=1)
+    return col
+
+
+def _lse_cols(M3, u, reg, rows):
+    """logsumexp over i of −M_ij/reg + u_i, [B, C]."""
+    out = torch.full((M3.shape[0], M3.shape[2]), -math.inf, dtype=M3.dtype)
+    for s in _blocks(M3.shape[1], rows):
+        block = (M3[:, s : s + rows] / -reg).add_(u[:, s : s + rows, None])
+        out = torch.logaddexp(out, torch.logsumexp(block, dim=1))
+    return out
+
+
+def _lse_rows(M3, v, reg, rows):
+    """logsumexp over j of −M_ij/reg + v_j, [B, N]."""
+    out = torch.empty(M3.shape[:2], dtype=M3.dtype)
+    for s in _blocks(M3.shape[1], rows):
+        block = (M3[:, s : s + rows] / -reg).add_(v[:, None, :])
+        out[:, s : s + rows] = torch.logsumexp(block, dim=2)
+    return out
 
 
 def _times(Kt: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -237,21 +317,27 @@ def _times_t(Kt: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (v.unsqueeze(-2) @ Kt).squeeze(-2)
 
 
-def _pot_plan(M: torch.Tensor, reg: float, max_iter: int, stop_thr: float, log_domain: bool):
+def _pot_plan(M: torch.Tensor, reg: float, max_iter: int, stop_thr: float, method: str):
+    """POT's plan with `method` ("sinkhorn" or "sinkhorn_log"), its iteration count and last
+    marginal error, and whether it ran without POT's "numerical errors" stop."""
     import warnings
 
     import ot
 
     n, c = M.shape
     a, b = ot.unif(n), ot.unif(c)
-    method = "sinkhorn_log" if log_domain else "sinkhorn"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    if method == "sinkhorn":
+        # The column shift that keeps our scaling form in range (see _sinkhorn_scaling):
+        # plain `ot.sinkhorn` on the raw cost underflows for reg below about 0.0065.
+        M = M - M.amin(dim=0, keepdim=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         plan, log = ot.sinkhorn(
             a, b, M.numpy(), reg, method=method, numItermax=max_iter, stopThr=stop_thr, log=True
         )
+    finite = not any("numerical errors" in str(w.message) for w in caught)
     errs = log.get("err") or [math.inf]
-    return torch.from_numpy(plan), int(log.get("niter", max_iter)) + 1, float(errs[-1])
+    return torch.from_numpy(plan), int(log.get("niter", max_iter)) + 1, float(errs[-1]), finite
 
 
 def _verdict(coupling_or_probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -260,6 +346,24 @@ def _verdict(coupling_or_probs: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     rows = coupling_or_probs.sum(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
     scores = coupling_or_probs.gather(1, labels.long().unsqueeze(1)).squeeze(1) / rows
     return pseudo.long(), pseudo == labels.long(), scores.float()
+
+
+def check_plan(plan: torch.Tensor, reg: float, solver: str) -> None:
+    """NlpError unless every entry of the plan is finite and every row carries mass."""
+    hint = "hint: leave log_domain unset so that the log-domain solver takes over, or raise --reg"
+    bad = int((~torch.isfinite(plan)).sum())
+    if bad:
+        raise NlpError(
+            f"PromptOT at reg={reg:g} ({solver}): the transport plan has {bad} NaN/inf "
+            f"entries, so it cannot give a partition; {hint}"
+        )
+    empty = int((plan.sum(dim=-1) <= 0).sum())
+    if empty:
+        raise NlpError(
+            f"PromptOT at reg={reg:g} ({solver}): {empty} of {plan.shape[0]} rows of the "
+            f"transport plan are zero (exp(−M/reg) underflowed), so their pseudo-labels "
+            f"would be arbitrary; {hint}"
+        )
 
 
 @register("ot", reg=0.01, max_iter=1000, stop_thr=1e-6, solver="torch", log_domain=None)
@@ -278,35 +382,48 @@ def promptot(
     """PromptOT: optimal transport from images to text prototypes; clean ⇔ plan argmax = label.
 
     Features are raw (normalised here). The score of a sample is the share of its row of the
-    plan that goes to its given label.
+    plan that goes to its given label. `solver="pot"` runs POT's `sinkhorn_log` where ours
+    would run in the log domain, else its `sinkhorn`.
     """
     if solver not in SOLVERS:
         raise UsageError(f"unknown OT solver {solver!r}: choose from {', '.join(SOLVERS)}")
     if reg <= 0:
         raise UsageError(f"--reg must be positive, got {reg:g}")
     M = promptot_cost(image_feats, text_feats, logit_scale)
+    if not bool(torch.isfinite(M).all()):
+        raise NlpError("PromptOT: the cost has NaN/inf entries; check the features for NaN/inf")
+    span = cost_span(M, reg)
+    info: dict[str, Any] = {"solver": solver, "cost_span": span}
     if solver == "pot":
-        span = float((M - M.amin(dim=-2, keepdim=True)).amax()) / reg
-        use_log = bool(span > LOG_DOMAIN_SPAN) if log_domain is None else log_domain
-        plan, iterations, error = _pot_plan(M, reg, max_iter, stop_thr, use_log)
+        use_log = span > LOG_DOMAIN_SPAN if log_domain is None else bool(log_domain)
+        method = "sinkhorn_log" if use_log else "sinkhorn"
+        plan, iterations, error, finite = _pot_plan(M, reg, max_iter, stop_thr, method)
+        fell_back = log_domain is None and not finite and not use_log
+        if fell_back:
+            use_log, method = True, "sinkhorn_log"
+            plan, iterations, error, finite = _pot_plan(M, reg, max_iter, stop_thr, method)
         converged = error < stop_thr
+        info["pot_method"] = method
     else:
         res = sinkhorn(M, reg=reg, max_iter=max_iter, stop_thr=stop_thr, log_domain=log_domain)
-        plan, iterations, error, use_log, converged = (
+        plan, iterations, error, use_log, converged, fell_back = (
             res.coupling,
             res.iterations,
             res.error,
             res.log_domain,
             res.converged,
+            res.fell_back,
         )
+    del M
+    check_plan(plan, reg, info.get("pot_method", solver))
     pseudo, clean, scores = _verdict(plan, labels)
-    info = {
-        "solver": solver,
-        "log_domain": use_log,
-        "iterations": iterations,
-        "marginal_error": error,
-        "converged": converged,
-    }
+    info.update(
+        log_domain=use_log,
+        log_domain_fallback=fell_back,
+        iterations=iterations,
+        marginal_error=error,
+        converged=converged,
+    )
     return PartitionResult(clean, pseudo, scores, plan if keep_coupling else None, info)
 
 
