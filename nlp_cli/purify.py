@@ -156,8 +156,8 @@ def sinkhorn(
         raise ValueError("max_iter must be at least 1")
     M = M.double()
     n, c = M.shape[-2], M.shape[-1]
-    a = torch.full((n,), 1.0 / n, dtype=M.dtype) if a is None else a.double()
-    b = torch.full((c,), 1.0 / c, dtype=M.dtype) if b is None else b.double()
+    a = torch.full((n,), 1.0 / n, dtype=M.dtype, device=M.device) if a is None else a.double()
+    b = torch.full((c,), 1.0 / c, dtype=M.dtype, device=M.device) if b is None else b.double()
     auto = log_domain is None
     if auto:
         log_domain = needs_log_domain(M, reg)
@@ -193,10 +193,10 @@ def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
     # float64's range. Row shifts would be as harmless at convergence, but they change
     # where the (uniform) starting u sits, so unconverged plans would differ from POT's.
     # K is kept as [C, N]: both products then run over contiguous rows (3-4x faster on CPU).
-    Kt = M.transpose(-1, -2) - M.amin(dim=-2).unsqueeze(-1)
-    Kt = Kt.div_(-reg).exp_().contiguous()
-    u = torch.full(M.shape[:-1], 1.0 / M.shape[-2], dtype=M.dtype)
-    v = torch.full(M.shape[:-2] + M.shape[-1:], 1.0 / M.shape[-1], dtype=M.dtype)
+    Kt = M.transpose(-1, -2).contiguous()
+    Kt.sub_(M.amin(dim=-2).unsqueeze(-1)).div_(-reg).exp_()
+    u = torch.full(M.shape[:-1], 1.0 / M.shape[-2], dtype=M.dtype, device=M.device)
+    v = torch.full(M.shape[:-2] + M.shape[-1:], 1.0 / M.shape[-1], dtype=M.dtype, device=M.device)
     err, it, converged, finite = math.inf, 0, False, True
     for it in range(max_iter):  # noqa: B007 - the last index is reported
         u_prev, v_prev = u, v
@@ -211,7 +211,7 @@ def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
             if err < stop_thr:
                 converged = True
                 break
-    plan = (v.unsqueeze(-1) * Kt * u.unsqueeze(-2)).transpose(-1, -2)
+    plan = Kt.mul_(v.unsqueeze(-1)).mul_(u.unsqueeze(-2)).transpose(-1, -2)
     return plan, it + 1, err, converged, finite
 
 
@@ -244,7 +244,7 @@ def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr):
     rows = max(1, _BLOCK // c)
     log_a, log_b = a.log(), b.log()
     plan = torch.empty_like(M3)
-    u = torch.zeros(M3.shape[:2], dtype=M.dtype)
+    u = torch.zeros(M3.shape[:2], dtype=M.dtype, device=M.device)
     v = log_b - _lse_cols(M3, u, reg, rows)
     u = log_a - _lse_rows(M3, v, reg, rows)
     it, err, converged = 1, math.inf, False
@@ -280,7 +280,7 @@ def _blocks(n: int, rows: int) -> range:
 
 def _plan_into(plan, M3, u, v, reg, rows):
     """plan ← exp(max(−M/reg + u + v, _LOG_FLOOR)), block by block; its column sums [B, C]."""
-    col = torch.zeros(v.shape, dtype=M3.dtype)
+    col = torch.zeros_like(v)
     for s in _blocks(M3.shape[1], rows):
         block = plan[:, s : s + rows]
         torch.div(M3[:, s : s + rows], -reg, out=block)
@@ -291,7 +291,7 @@ def _plan_into(plan, M3, u, v, reg, rows):
 
 def _lse_cols(M3, u, reg, rows):
     """logsumexp over i of −M_ij/reg + u_i, [B, C]."""
-    out = torch.full((M3.shape[0], M3.shape[2]), -math.inf, dtype=M3.dtype)
+    out = M3.new_full((M3.shape[0], M3.shape[2]), -math.inf)
     for s in _blocks(M3.shape[1], rows):
         block = (M3[:, s : s + rows] / -reg).add_(u[:, s : s + rows, None])
         out = torch.logaddexp(out, torch.logsumexp(block, dim=1))
@@ -300,7 +300,7 @@ def _lse_cols(M3, u, reg, rows):
 
 def _lse_rows(M3, v, reg, rows):
     """logsumexp over j of −M_ij/reg + v_j, [B, N]."""
-    out = torch.empty(M3.shape[:2], dtype=M3.dtype)
+    out = M3.new_empty(M3.shape[:2])
     for s in _blocks(M3.shape[1], rows):
         block = (M3[:, s : s + rows] / -reg).add_(v[:, None, :])
         out[:, s : s + rows] = torch.logsumexp(block, dim=2)
@@ -389,7 +389,7 @@ def budget_mask(coupling: torch.Tensor, budget: float) -> torch.Tensor:
     top = coupling.argmax(dim=1, keepdim=True)
     rest = coupling.scatter(1, top, 0.0).sum(dim=1)
     order = torch.argsort(rest, stable=True)
-    mask = torch.zeros(n, dtype=torch.bool)
+    mask = torch.zeros(n, dtype=torch.bool, device=coupling.device)
     mask[order[:k]] = True
     return mask
 
