@@ -2,7 +2,8 @@
 
 Each purifier is registered by name and maps (image features, class text features, given
 labels, logit scale) to a `PartitionResult`. `promptot` is NLPrompt's PromptOT as the public
-NLPrompt code computes it (docs: SPEC §2); `sinkhorn` is the entropic OT solver behind it.
+NLPrompt code computes it (docs: SPEC §2), with NLPrompt's curriculum budget as an option
+(`budget_mask`, `curriculum_budget`); `sinkhorn` is the entropic OT solver behind it.
 """
 
 from __future__ import annotations
@@ -230,12 +231,13 @@ def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr):
     POT's updates are v = log b − logsumexp_i(−M/reg + u) and u = log a − logsumexp_j(−M/reg
     + v). The first iteration computes them so, with the maximum as the shift. From then on
     the current potentials are a better shift: −M/reg + u + v is the log of the current plan,
-    whose entries are at most 1, and whose column sums (after a u-update) are at least
-    min(a)·b_j and row sums (after a v-update) at least min(b)·a_i. So each half-step is one
-    exponential per entry of the plan P = exp(−M/reg + u + v), its column sums s (v += log b/s)
-    and one product P·(b/s) (the row sums after that v-update: u += log a/r), with no maximum
-    pass and no over- or underflow that matters. A half-step whose sums still come out zero
-    or non-finite (zeros in a or b) is redone with the max-shifted logsumexp.
+    whose entries are at most 1, and (for marginals of total mass 1) whose column sums after
+    a u-update are at least min(a)·b_j and row sums after a v-update at least min(b)·a_i.
+    So an iteration is one exponential per entry of the plan P = exp(−M/reg + u + v), its
+    column sums s (v += log b/s) and one product P·(b/s) (the row sums r after that v-update:
+    u += log a/r), with no maximum pass and no over- or underflow that matters. A half-step
+    whose sums still come out zero or non-finite (zeros in a or b) is redone with the
+    max-shifted logsumexp.
     Memory: the plan, one block of M at a time and vectors.
     """
     shape = M.shape
