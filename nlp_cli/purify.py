@@ -2,7 +2,8 @@
 
 Each purifier is registered by name and maps (image features, class text features, given
 labels, logit scale) to a `PartitionResult`. `promptot` is NLPrompt's PromptOT as the public
-NLPrompt code computes it (docs: SPEC §2); `sinkhorn` is the entropic OT solver behind it.
+NLPrompt code computes it (docs: SPEC §2), with NLPrompt's curriculum budget as an option
+(`budget_mask`, `curriculum_budget`); `sinkhorn` is the entropic OT solver behind it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any
 
 import torch
 
-from nlp_cli.errors import UsageError
+from nlp_cli.errors import NlpError, UsageError
 from nlp_cli.registry import Registry, first_doc_line
 
 SOLVERS = ("torch", "pot")
-# Above this span of the (shifted) cost divided by reg, exp(-M/reg) leaves float64's range
+# Above this span of a column of the cost divided by reg, exp(-M/reg) leaves float64's range
 # (exp(-708) is its smallest normal number), so the scaling iterations would divide by zero.
 LOG_DOMAIN_SPAN = 600.0
 
@@ -117,7 +118,7 @@ def promptot_cost(
     """PromptOT's cost M = −log_softmax(softmax(s·I·Tᵀ)), float64 [N, C]."""
     probs = class_logits(image_feats, text_feats, logit_scale).softmax(dim=-1)
     # The public NLPrompt code takes log_softmax of the probabilities: a double softmax.
-    return -probs.log_softmax(dim=-1)
+    return probs.log_softmax(dim=-1).neg_()
 
 
 @dataclass
@@ -129,6 +130,7 @@ class SinkhornResult:
     error: float
     log_domain: bool
     converged: bool
+    fell_back: bool = False  # the scaling form broke down and the log domain took over
 
 
 def sinkhorn(
@@ -142,89 +144,169 @@ def sinkhorn(
 ) -> SinkhornResult:
     """Entropic OT plan for cost M [..., N, C] and marginals a [N], b [C] (uniform by default).
 
-    The iterations and the stopping rule (column-marginal error checked every 10th iteration)
-    are POT's `sinkhorn_knopp` / `sinkhorn_log`; a leading batch dimension solves several
-    problems at once. `log_domain=None` picks the log domain when exp(−M/reg) would underflow.
+    The iterations and the stopping rule (L2 error of the column marginal, checked after the
+    1st, 11th, 21st, … iteration) are POT's `sinkhorn_knopp` / `sinkhorn_log`; a leading batch
+    dimension solves several problems at once. `log_domain=None` picks the log domain when
+    exp(−M/reg) would underflow (`needs_log_domain`), and also when the scaling form meets a
+    non-finite value on the way; `False` keeps the scaling form and, like POT, stops at the
+    last finite iterate.
     """
     if reg <= 0:
         raise ValueError("reg must be positive")
+    if max_iter < 1:
+        raise ValueError("max_iter must be at least 1")
     M = M.double()
     n, c = M.shape[-2], M.shape[-1]
-    a = torch.full((n,), 1.0 / n, dtype=M.dtype) if a is None else a.double()
-    b = torch.full((c,), 1.0 / c, dtype=M.dtype) if b is None else b.double()
+    a = torch.full((n,), 1.0 / n, dtype=M.dtype, device=M.device) if a is None else a.double()
+    b = torch.full((c,), 1.0 / c, dtype=M.dtype, device=M.device) if b is None else b.double()
+    auto = log_domain is None
+    if auto:
+        log_domain = needs_log_domain(M, reg)
+    fell_back = False
+    if not log_domain:
+        plan, it, err, converged, finite = _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr)
+        if finite or not auto:
+            return SinkhornResult(plan, it, err, False, converged)
+        del plan
+        fell_back = True
+    plan, it, err, converged = _sinkhorn_log(M, a, b, reg, max_iter, stop_thr)
+    return SinkhornResult(plan, it, err, True, converged, fell_back)
+
+
+def cost_span(M: torch.Tensor, reg: float) -> float:
+    """The largest spread of a column of M [..., N, C], divided by reg."""
+    return float((M.amax(dim=-2) - M.amin(dim=-2)).amax()) / reg
+
+
+def needs_log_domain(M: torch.Tensor, reg: float) -> bool:
+    """Whether the scaling form of Sinkhorn would leave float64's range on cost M at reg.
+
+    The scaling form works on K = exp(−(M − column minimum)/reg): past a span of
+    `LOG_DOMAIN_SPAN` (exp(−708) is float64's smallest normal number, and the scalings u, v
+    need some room too) entries of K underflow and Kᵀu can reach zero.
+    """
+    return cost_span(M, reg) > LOG_DOMAIN_SPAN
+
+
+def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
     # Adding a constant to a column of M rescales v and leaves the plan, and every iterate
     # of u, unchanged (v is updated first); a zero minimum per column keeps exp(−M/reg) in
     # float64's range. Row shifts would be as harmless at convergence, but they change
     # where the (uniform) starting u sits, so unconverged plans would differ from POT's.
-    shifted = M - M.amin(dim=-2, keepdim=True)
-    if log_domain is None:
-        log_domain = bool(float(shifted.amax()) / reg > LOG_DOMAIN_SPAN)
-    solve = _sinkhorn_log if log_domain else _sinkhorn_scaling
-    plan, it, err, converged = solve(shifted, a, b, reg, max_iter, stop_thr)
-    return SinkhornResult(plan, it, err, log_domain, converged)
-
-
-def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
     # K is kept as [C, N]: both products then run over contiguous rows (3-4x faster on CPU).
-    Kt = torch.exp(M.transpose(-1, -2) / -reg).contiguous()
-    u = torch.full(M.shape[:-1], 1.0 / M.shape[-2], dtype=M.dtype)
-    v = torch.full(M.shape[:-2] + M.shape[-1:], 1.0 / M.shape[-1], dtype=M.dtype)
-    err, it, converged = math.inf, 0, False
+    Kt = M.transpose(-1, -2).contiguous()
+    Kt.sub_(M.amin(dim=-2).unsqueeze(-1)).div_(-reg).exp_()
+    u = torch.full(M.shape[:-1], 1.0 / M.shape[-2], dtype=M.dtype, device=M.device)
+    v = torch.full(M.shape[:-2] + M.shape[-1:], 1.0 / M.shape[-1], dtype=M.dtype, device=M.device)
+    err, it, converged, finite = math.inf, 0, False, True
     for it in range(max_iter):  # noqa: B007 - the last index is reported
         u_prev, v_prev = u, v
         v = b / _times(Kt, u)
         u = a / _times_t(Kt, v)
         # One reduction instead of POT's four checks: a zero in Kᵀu makes v infinite.
         if not math.isfinite(float(u.sum() + v.sum())):
-            u, v = u_prev, v_prev
+            u, v, finite = u_prev, v_prev, False
             break
         if it % 10 == 0:
             err = float((v * _times(Kt, u) - b).norm(dim=-1).max())
             if err < stop_thr:
                 converged = True
                 break
-    plan = (v.unsqueeze(-1) * Kt * u.unsqueeze(-2)).transpose(-1, -2)
-    return plan, it + 1, err, converged
+    plan = Kt.mul_(v.unsqueeze(-1)).mul_(u.unsqueeze(-2)).transpose(-1, -2)
+    return plan, it + 1, err, converged, finite
 
 
-def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr, tau=1e3):
-    """Sinkhorn with potentials kept in the log domain (f, g), absorbed into K when u or v
+# Entries of M per block in the log domain: a block of about 1 MiB stays in cache, so each
+# pass reads M once and no temporary of M's size is made.
+_BLOCK = 1 << 17
+# Log-plan entries below this are stored as exp(_LOG_FLOOR) ≈ 1e-304 rather than as 0 or a
+# subnormal number: they weigh nothing next to a row or column sum (≥ min(a)·min(b)), and
+# subnormal inputs and results slow exp and every later product down several times.
+_LOG_FLOOR = -700.0
 
-    leave [1/tau, tau]: the iterates of POT's `sinkhorn_log` at the cost of matrix-vector
-    products (a full log-sum-exp per half-step is ~20x slower at 50 000 × 101).
+
+def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr):
+    """Sinkhorn on the dual potentials u = f/reg, v = g/reg: POT's `sinkhorn_log`.
+
+    POT's updates are v = log b − logsumexp_i(−M/reg + u) and u = log a − logsumexp_j(−M/reg
+    + v). The first iteration computes them so, with the maximum as the shift. From then on
+    the current potentials are a better shift: −M/reg + u + v is the log of the current plan,
+    whose entries are at most 1, and (for marginals of total mass 1) whose column sums after
+    a u-update are at least min(a)·b_j and row sums after a v-update at least min(b)·a_i.
+    So an iteration is one exponential per entry of the plan P = exp(−M/reg + u + v), its
+    column sums s (v += log b/s) and one product P·(b/s) (the row sums r after that v-update:
+    u += log a/r), with no maximum pass and no over- or underflow that matters. A half-step
+    whose sums still come out zero or non-finite (zeros in a or b) is redone with the
+    max-shifted logsumexp.
+    Memory: the plan, one block of M at a time and vectors.
     """
-    Mt = M.transpose(-1, -2).contiguous()
-    f = torch.zeros(M.shape[:-1], dtype=M.dtype)
-    g = torch.zeros(M.shape[:-2] + M.shape[-1:], dtype=M.dtype)
-
-    def kernel():
-        return torch.exp((g.unsqueeze(-1) + f.unsqueeze(-2) - Mt) / reg)
-
-    Kt = kernel()
-    u = torch.ones_like(f)
-    v = torch.ones_like(g)
-    err, it, converged = math.inf, 0, False
-    for it in range(max_iter):  # noqa: B007 - the last index is reported
-        v = b / _times(Kt, u)
-        u = a / _times_t(Kt, v)
-        if bool(
-            (u.abs() > tau).any()
-            or (v.abs() > tau).any()
-            or (u < 1 / tau).any()
-            or (v < 1 / tau).any()
-        ):
-            f = f + reg * u.log()
-            g = g + reg * v.log()
-            u, v = torch.ones_like(u), torch.ones_like(v)
-            Kt = kernel()
-        if it % 10 == 0:
-            err = float((v * _times(Kt, u) - b).norm(dim=-1).max())
+    shape = M.shape
+    n, c = shape[-2], shape[-1]
+    M3 = M.reshape(-1, n, c)
+    rows = max(1, _BLOCK // c)
+    log_a, log_b = a.log(), b.log()
+    plan = torch.empty_like(M3)
+    u = torch.zeros(M3.shape[:2], dtype=M.dtype, device=M.device)
+    v = log_b - _lse_cols(M3, u, reg, rows)
+    u = log_a - _lse_rows(M3, v, reg, rows)
+    it, err, converged = 1, math.inf, False
+    while True:
+        col = _plan_into(plan, M3, u, v, reg, rows)
+        if (it - 1) % 10 == 0:
+            err = float((col - b).norm(dim=-1).max())
             if err < stop_thr:
                 converged = True
                 break
-    log_plan = (g.unsqueeze(-1) + f.unsqueeze(-2) - Mt) / reg
-    plan = torch.exp(log_plan + v.log().unsqueeze(-1) + u.log().unsqueeze(-2)).transpose(-1, -2)
-    return plan, it + 1, err, converged
+        if it == max_iter:
+            break
+        w = b / col
+        if _positive_finite(w):
+            v = v + w.log()
+            row = torch.bmm(plan, w.unsqueeze(-1)).squeeze(-1)
+            fit = a / row
+            u = u + fit.log() if _positive_finite(fit) else log_a - _lse_rows(M3, v, reg, rows)
+        else:
+            v = log_b - _lse_cols(M3, u, reg, rows)
+            u = log_a - _lse_rows(M3, v, reg, rows)
+        it += 1
+    return plan.reshape(shape), it, err, converged
+
+
+def _positive_finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all() and (x > 0).all())
+
+
+def _blocks(n: int, rows: int) -> range:
+    return range(0, n, rows)
+
+
+def _plan_into(plan, M3, u, v, reg, rows):
+    """plan ← exp(max(−M/reg + u + v, _LOG_FLOOR)), block by block; its column sums [B, C]."""
+    col = torch.zeros_like(v)
+    for s in _blocks(M3.shape[1], rows):
+        block = plan[:, s : s + rows]
+        torch.div(M3[:, s : s + rows], -reg, out=block)
+        block.add_(u[:, s : s + rows, None]).add_(v[:, None, :]).clamp_min_(_LOG_FLOOR).exp_()
+        col += block.sum(dim=1)
+    return col
+
+
+def _lse_cols(M3, u, reg, rows):
+    """logsumexp over i of −M_ij/reg + u_i, [B, C]."""
+    out = M3.new_full((M3.shape[0], M3.shape[2]), -math.inf)
+    for s in _blocks(M3.shape[1], rows):
+        block = (M3[:, s : s + rows] / -reg).add_(u[:, s : s + rows, None])
+        out = torch.logaddexp(out, torch.logsumexp(block, dim=1))
+    return out
+
+
+def _lse_rows(M3, v, reg, rows):
+    """logsumexp over j of −M_ij/reg + v_j, [B, N]."""
+    out = M3.new_empty(M3.shape[:2])
+    for s in _blocks(M3.shape[1], rows):
+        block = (M3[:, s : s + rows] / -reg).add_(v[:, None, :])
+        out[:, s : s + rows] = torch.logsumexp(block, dim=2)
+    return out
 
 
 def _times(Kt: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -237,21 +319,27 @@ def _times_t(Kt: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (v.unsqueeze(-2) @ Kt).squeeze(-2)
 
 
-def _pot_plan(M: torch.Tensor, reg: float, max_iter: int, stop_thr: float, log_domain: bool):
+def _pot_plan(M: torch.Tensor, reg: float, max_iter: int, stop_thr: float, method: str):
+    """POT's plan with `method` ("sinkhorn" or "sinkhorn_log"), its iteration count and last
+    marginal error, and whether it ran without POT's "numerical errors" stop."""
     import warnings
 
     import ot
 
     n, c = M.shape
     a, b = ot.unif(n), ot.unif(c)
-    method = "sinkhorn_log" if log_domain else "sinkhorn"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    if method == "sinkhorn":
+        # The column shift that keeps our scaling form in range (see _sinkhorn_scaling):
+        # plain `ot.sinkhorn` on the raw cost underflows for reg below about 0.0065.
+        M = M - M.amin(dim=0, keepdim=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         plan, log = ot.sinkhorn(
             a, b, M.numpy(), reg, method=method, numItermax=max_iter, stopThr=stop_thr, log=True
         )
+    finite = not any("numerical errors" in str(w.message) for w in caught)
     errs = log.get("err") or [math.inf]
-    return torch.from_numpy(plan), int(log.get("niter", max_iter)) + 1, float(errs[-1])
+    return torch.from_numpy(plan), int(log.get("niter", max_iter)) + 1, float(errs[-1]), finite
 
 
 def _verdict(coupling_or_probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -262,7 +350,78 @@ def _verdict(coupling_or_probs: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     return pseudo.long(), pseudo == labels.long(), scores.float()
 
 
-@register("ot", reg=0.01, max_iter=1000, stop_thr=1e-6, solver="torch", log_domain=None)
+def check_plan(plan: torch.Tensor, reg: float, solver: str) -> None:
+    """NlpError unless every entry of the plan is finite and every row carries mass."""
+    hint = "hint: leave log_domain unset so that the log-domain solver takes over, or raise --reg"
+    bad = int((~torch.isfinite(plan)).sum())
+    if bad:
+        raise NlpError(
+            f"PromptOT at reg={reg:g} ({solver}): the transport plan has {bad} NaN/inf "
+            f"entries, so it cannot give a partition; {hint}"
+        )
+    empty = int((plan.sum(dim=-1) <= 0).sum())
+    if empty:
+        raise NlpError(
+            f"PromptOT at reg={reg:g} ({solver}): {empty} of {plan.shape[0]} rows of the "
+            f"transport plan are zero (exp(−M/reg) underflowed), so their pseudo-labels "
+            f"would be arbitrary; {hint}"
+        )
+
+
+def budget_mask(coupling: torch.Tensor, budget: float) -> torch.Tensor:
+    """NLPrompt's curriculum selection: the int(N·budget) rows most sure of their argmax.
+
+    The reference (`curriculum_structure_aware_PL` in qunovo/NLPrompt's utils.py) gives the
+    class side of the transport the total mass `budget` (b = budget/C) and keeps as candidates
+    the rows whose largest coupling entry is among the int(N·budget) largest; a candidate is
+    clean when its plan argmax equals its label, every other sample is noisy. Scaling one
+    marginal by a constant does not change Sinkhorn's plan (the scalings absorb the factor),
+    so the plan here is the balanced one; only the reference's stopping test, which compares
+    column sums of total 1 with b of total `budget`, then never passes: it runs max_iter
+    iterations, or stops at POT's numerical-error check once its v, shrunk by `budget` per
+    iteration, leaves float64's range (after 533 iterations at budget 0.3 in one test).
+    Every row of the plan sums to 1/N, so "largest entry" is "least mass outside the argmax",
+    which is what is ranked here: at logit scale 100 most rows of a PromptOT plan are one-hot
+    to float precision, and their largest entries all round to 1/N, a tie the reference breaks
+    by rounding noise. Exact ties keep the earlier row. The reference caps the budget at the
+    float sum of a, which can fall a rounding error short of 1; here budget 1 keeps every row.
+    """
+    n = coupling.shape[0]
+    k = int(n * min(float(budget), 1.0))
+    top = coupling.argmax(dim=1, keepdim=True)
+    rest = coupling.scatter(1, top, 0.0).sum(dim=1)
+    order = torch.argsort(rest, stable=True)
+    mask = torch.zeros(n, dtype=torch.bool, device=coupling.device)
+    mask[order[:k]] = True
+    return mask
+
+
+CURRICULUM_MODES = ("linear", "exp")
+
+
+def curriculum_budget(epoch: int, epochs: int, begin: float = 0.3, mode: str = "linear") -> float:
+    """The budget NLPrompt's curriculum gives epoch `epoch` (0-based) of an `epochs`-epoch ramp.
+
+    Reference: `curriculum_scheduler` in qunovo/NLPrompt's utils.py, called in `before_epoch`
+    with CURRICLUM_EPOCH = `epochs`, BEGIN_RATE = `begin` and CURRICLUM_MODE = `mode` (their
+    defaults: 0, i.e. off, 0.3 and "linear"). During the ramp the budget moves from `begin`
+    towards 1 by the share t/T of the way (linear) or 1 − exp(−4·t/T) (exp, which is 98 % of the
+    way at the last ramp epoch); from epoch T on it is 1.
+    """
+    if mode not in CURRICULUM_MODES:
+        raise UsageError(
+            f"unknown curriculum mode {mode!r}: choose from {', '.join(CURRICULUM_MODES)}"
+        )
+    if epoch >= epochs:
+        return 1.0
+    share = epoch / epochs
+    ratio = share if mode == "linear" else 1.0 - math.exp(-4.0 * share)
+    return begin + ratio * (1.0 - begin)
+
+
+@register(
+    "ot", reg=0.01, max_iter=1000, stop_thr=1e-6, solver="torch", log_domain=None, budget=None
+)
 def promptot(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,
@@ -273,40 +432,61 @@ def promptot(
     stop_thr: float = 1e-6,
     solver: str = "torch",
     log_domain: bool | None = None,
+    budget: float | None = None,
     keep_coupling: bool = False,
 ) -> PartitionResult:
     """PromptOT: optimal transport from images to text prototypes; clean ⇔ plan argmax = label.
 
     Features are raw (normalised here). The score of a sample is the share of its row of the
-    plan that goes to its given label.
+    plan that goes to its given label. `solver="pot"` runs POT's `sinkhorn_log` where ours
+    would run in the log domain, else its `sinkhorn`. `budget` (0 < budget ≤ 1, default off)
+    is NLPrompt's curriculum: only the `budget_mask` rows can be clean.
     """
     if solver not in SOLVERS:
         raise UsageError(f"unknown OT solver {solver!r}: choose from {', '.join(SOLVERS)}")
     if reg <= 0:
         raise UsageError(f"--reg must be positive, got {reg:g}")
+    if budget is not None and not 0 < budget <= 1:
+        raise UsageError(f"the curriculum budget must lie in (0, 1], got {budget:g}")
     M = promptot_cost(image_feats, text_feats, logit_scale)
+    if not bool(torch.isfinite(M).all()):
+        raise NlpError("PromptOT: the cost has NaN/inf entries; check the features for NaN/inf")
+    span = cost_span(M, reg)
+    info: dict[str, Any] = {"solver": solver, "cost_span": span}
     if solver == "pot":
-        span = float((M - M.amin(dim=-2, keepdim=True)).amax()) / reg
-        use_log = bool(span > LOG_DOMAIN_SPAN) if log_domain is None else log_domain
-        plan, iterations, error = _pot_plan(M, reg, max_iter, stop_thr, use_log)
+        use_log = span > LOG_DOMAIN_SPAN if log_domain is None else bool(log_domain)
+        method = "sinkhorn_log" if use_log else "sinkhorn"
+        plan, iterations, error, finite = _pot_plan(M, reg, max_iter, stop_thr, method)
+        fell_back = log_domain is None and not finite and not use_log
+        if fell_back:
+            use_log, method = True, "sinkhorn_log"
+            plan, iterations, error, finite = _pot_plan(M, reg, max_iter, stop_thr, method)
         converged = error < stop_thr
+        info["pot_method"] = method
     else:
         res = sinkhorn(M, reg=reg, max_iter=max_iter, stop_thr=stop_thr, log_domain=log_domain)
-        plan, iterations, error, use_log, converged = (
+        plan, iterations, error, use_log, converged, fell_back = (
             res.coupling,
             res.iterations,
             res.error,
             res.log_domain,
             res.converged,
+            res.fell_back,
         )
+    del M
+    check_plan(plan, reg, info.get("pot_method", solver))
     pseudo, clean, scores = _verdict(plan, labels)
-    info = {
-        "solver": solver,
-        "log_domain": use_log,
-        "iterations": iterations,
-        "marginal_error": error,
-        "converged": converged,
-    }
+    info.update(
+        log_domain=use_log,
+        log_domain_fallback=fell_back,
+        iterations=iterations,
+        marginal_error=error,
+        converged=converged,
+    )
+    if budget is not None:
+        selected = budget_mask(plan, budget)
+        clean = clean & selected
+        info.update(budget=float(budget), selected=int(selected.sum()))
     return PartitionResult(clean, pseudo, scores, plan if keep_coupling else None, info)
 
 

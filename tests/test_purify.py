@@ -264,3 +264,59 @@ def test_cli_prompt_file_gives_the_prototypes(cli, features, tiny_clip, tmp_path
     )
     r = cli("purify", ls, "--prompt", bad)
     assert r.code == 1 and "other classes" in r.stderr
+
+
+def test_curriculum_budget_follows_nlprompts_schedule():
+    # begin + (t/T)·(1 − begin) (linear) or begin + (1 − e^(−4t/T))·(1 − begin) (exp) while
+    # t < T, then 1; T = 0 (NLPrompt's default) is no curriculum.
+    assert P.curriculum_budget(0, 10) == pytest.approx(0.3)
+    assert P.curriculum_budget(5, 10) == pytest.approx(0.65)
+    assert P.curriculum_budget(9, 10, begin=0.5) == pytest.approx(0.95)
+    assert P.curriculum_budget(5, 10, mode="exp") == pytest.approx(0.3 + (1 - np.exp(-2)) * 0.7)
+    assert P.curriculum_budget(10, 10) == P.curriculum_budget(0, 0) == 1.0
+    with pytest.raises(UsageError, match="unknown curriculum mode 'cosine'"):
+        P.curriculum_budget(1, 10, mode="cosine")
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.55])
+def test_budget_keeps_the_rows_most_sure_of_their_argmax_as_candidates(budget):
+    image, text, y = problem(n=240, noise=0.8)
+    noisy = y.clone()
+    noisy[::3] = (noisy[::3] + 1) % 8
+    M = P.promptot_cost(image, text, 100.0).numpy()
+    a, b = ot.unif(240), ot.unif(8)
+    # NLPrompt's call: the class side carries the mass `budget`. Its plan is the balanced one
+    # (the scalings absorb the factor); its stopping test can then never pass.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = ot.sinkhorn(a, b * budget, M, 0.01, numItermax=200, stopThr=1e-6)
+        balanced = ot.sinkhorn(a, b, M, 0.01, numItermax=200, stopThr=0.0)
+    assert np.allclose(theirs, balanced, rtol=1e-9, atol=0)
+    plan = torch.from_numpy(theirs)
+    # Their rule: the int(N·budget) rows with the largest entry. Rows sum to 1/N, so that is
+    # the least mass off the largest entry (a sum that does not round every sure row to 1/N).
+    k = int(240 * budget)
+    largest = plan.max(dim=1).values
+    off = plan.sort(dim=1).values[:, :-1].sum(dim=1)
+    assert torch.allclose(largest + off, torch.full((240,), 1 / 240, dtype=torch.float64))
+    selected = torch.zeros(240, dtype=torch.bool)
+    selected[off.argsort(stable=True)[:k]] = True
+    threshold = largest[selected].min()
+    assert bool((largest[~selected] <= threshold * (1 + 1e-12)).all())
+    want = selected & (plan.argmax(dim=1) == noisy)
+    res = P.purify("ot", image, text, noisy, 100.0, budget=budget, max_iter=200, stop_thr=0.0)
+    assert torch.equal(res.clean, want)
+    assert torch.equal(res.pseudo_labels, plan.argmax(dim=1))
+    assert (res.info["budget"], res.info["selected"]) == (budget, k)
+    assert torch.equal(P.budget_mask(plan, budget), selected)
+
+
+def test_budget_one_is_no_budget_and_the_range_is_checked():
+    image, text, y = problem(n=120)
+    full = P.purify("ot", image, text, y, 100.0, budget=1.0)
+    plain = P.purify("ot", image, text, y, 100.0)
+    assert torch.equal(full.clean, plain.clean) and full.info["selected"] == 120
+    assert "budget" not in plain.info
+    for bad in (0.0, 1.5):
+        with pytest.raises(UsageError, match="budget must lie in"):
+            P.purify("ot", image, text, y, 100.0, budget=bad)
