@@ -69,6 +69,12 @@ class TrainConfig:
     # nlprompt: "mixed" batches, or NLPrompt's code: all clean batches (CE), then all noisy
     # batches (MAE), from separate loaders; with drop_last the OT's last partial batch is noisy.
     loaders: str = "mixed"
+    # nlprompt with repurify "epoch" (methods/nlprompt.py): PromptOT's reg, and NLPrompt's
+    # curriculum (CURRICLUM_EPOCH, BEGIN_RATE, CURRICLUM_MODE; 0 epochs = off, as there).
+    ot_reg: float = 0.01
+    curriculum_epochs: int = 0
+    curriculum_begin: float = 0.3
+    curriculum_mode: str = "linear"
     knobs: dict[str, float] = field(default_factory=dict)
     # JoAPR (methods/joapr.py): CE warm-up epochs, mixup's Beta(α, α), the clean threshold on
     # the GMM posterior, the targets' sharpening temperature and the class-balance penalty.
@@ -100,7 +106,7 @@ class TrainConfig:
         if self.method == "standard":
             out.pop("method")
         for name in methods.list_methods():
-            if name != self.method:
+            if name != self.effective_method:
                 for setting in methods.get(name).settings:
                     out.pop(setting, None)
         return out
@@ -118,12 +124,12 @@ class TrainConfig:
         """Refuse impossible settings in one line."""
         losses.get(self.loss)
         self.loss_knobs()
-        for name in ("epochs", "batch_size", "n_ctx", "warmup_epochs", "seed"):
+        for name in ("epochs", "batch_size", "n_ctx", "warmup_epochs", "seed", "curriculum_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be a whole number, got {value!r}")
-        for name in ("lr", "momentum", "weight_decay", "warmup_lr"):
+        for name in ("lr", "momentum", "weight_decay", "warmup_lr", "ot_reg", "curriculum_begin"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise UsageError(f"--{name.replace('_', '-')} must be a number, got {value!r}")

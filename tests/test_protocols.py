@@ -110,3 +110,31 @@ def test_hand_prompt_is_the_datasets_coop_template(tiny_clip):
     assert torch.equal(plain, clip_model.hand_prompt_features(model, names, "a photo of a {}."))
     ens = clip_model.class_prototypes(model, names, template="ensemble")
     assert torch.allclose(ens.norm(dim=-1), torch.ones(2))
+
+
+def test_nlprompt_curriculum_budget_reaches_promptot(features, tmp_path, monkeypatch):
+    """--curriculum-epochs T: each epoch's PromptOT gets NLPrompt's budget for that epoch."""
+    from nlp_cli import purify
+
+    seen = []
+    real = purify.promptot
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("reg"), kwargs.get("budget")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(purify, "promptot", spy)
+    labels = make_sym_labelset(features, tmp_path / "l.safetensors", rate=0.4)
+    cfg = lib.make_config(
+        "nlprompt",
+        loss="nlprompt",
+        epochs=3,
+        n_ctx=4,
+        batch_size=8,
+        curriculum_epochs=2,
+        ot_reg=0.02,
+    )
+    lib.train_prompt(lib.load_data(labels), cfg)
+    want = [purify.curriculum_budget(e, 2, 0.3, "linear") for e in range(3)]
+    assert seen == [(0.02, b) for b in want] and want == pytest.approx([0.3, 0.65, 1.0])
+    assert "ot_reg" in cfg.options() and "ot_reg" not in lib.make_config("dspt").options()

@@ -121,15 +121,20 @@ def test_views_one_per_sample_per_epoch(tmp_path, tiny_clip):
 
 
 def test_protocols_and_schedule():
+    # dspt = CoOp's vit_b16_ep50 with Dassl's defaults (tests/test_protocols.py holds the
+    # presets to the reference transcription); the cosine restarts after the warm-up epoch
     d = lib.make_config("dspt")
-    assert (d.epochs, d.lr, d.batch_size, d.n_ctx, d.momentum) == (50, 0.002, 32, 16, 0.0)
-    assert d.lr_at(0) == pytest.approx(0.002) and d.lr_at(25) == pytest.approx(0.001)
-    assert d.lr_at(49) < 2e-6
+    assert (d.epochs, d.lr, d.batch_size, d.n_ctx, d.momentum) == (50, 0.002, 32, 16, 0.9)
+    assert d.lr_at(0) == 1e-5 and d.lr_at(1) == pytest.approx(0.002)
+    assert d.lr_at(26) == pytest.approx(0.001)
+    plain = lib.make_config("dspt", momentum=0.0, weight_decay=0.0, warmup_epochs=0)
+    assert plain.lr_at(0) == pytest.approx(0.002) and plain.lr_at(25) == pytest.approx(0.001)
     n = lib.make_config("nlprompt", epochs=10)
     assert (n.momentum, n.weight_decay, n.warmup_epochs, n.epochs) == (0.9, 5e-4, 1, 10)
-    assert n.lr_at(0) == 1e-5 and n.lr_at(1) == pytest.approx(0.001 * (1 + 0.9510565))
-    with pytest.raises(UsageError):
-        lib.make_config("coop")
+    assert n.lr_at(0) == 1e-5 and n.lr_at(1) == pytest.approx(0.002)
+    assert n.lr_at(2) == pytest.approx(0.001 * (1 + 0.9510565))
+    with pytest.raises(UsageError, match="did you mean"):
+        lib.make_config("cop")
     with pytest.raises(UsageError, match="no knob"):
         lib.make_config(loss="ce", q=0.5)
     with pytest.raises(UsageError, match="lie in"):
@@ -238,7 +243,7 @@ def test_cli_config_file_and_flags(tmp_path, cli, labelset):
 def test_cli_errors_are_one_line(cli, labelset, features):
     for args, code in [
         (("train", labelset, "--loss", "dsoftmx"), 2),
-        (("train", labelset, "--loss", "nlprompt", "--epochs", "1"), 2),
+        (("train", features, "--loss", "nlprompt", "--epochs", "1"), 2),
         (("train", labelset, "--loss", "ce", "--eps", "0.1"), 2),
         (("train", features.with_name("missing.safetensors")), 1),
         (("train", labelset, "--class-token-position", "side"), 2),

@@ -76,9 +76,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError("choose --zero-shot or --untrained, not both")
         if zero_shot is not None or untrained is not None:
             if prompt is not None or features is not None:
-                raise UsageError(
-                    "--zero-shot/--untrained FEATURES take neither a PROMPT nor --features"
-                )
+                flag = "--zero-shot" if zero_shot is not None else "--untrained"
+                raise UsageError(f"{flag} FEATURES takes neither a PROMPT nor --features")
             path, feats = None, zero_shot or untrained
         elif template is not None:
             raise UsageError("--template applies to --zero-shot (a prompt brings its own context)")

@@ -30,6 +30,12 @@ def register(app: typer.Typer) -> None:
         solver: str = typer.Option(
             "torch", "--solver", help="Sinkhorn for PromptOT: torch (fast) or pot (POT's)."
         ),
+        budget: float | None = typer.Option(
+            None,
+            "--budget",
+            help="PromptOT: only this share of rows, most certain first, may be clean "
+            "(NLPrompt's curriculum budget; default all).",
+        ),
         prompt: Path | None = typer.Option(
             None, "--prompt", help="Trained prompt file for the prototypes (default: hand prompt)."
         ),
@@ -55,8 +61,10 @@ def register(app: typer.Typer) -> None:
         get(method)
         if method == "ot":
             options = {"reg": reg, "solver": solver}
-        elif reg != 0.01 or solver != "torch":
-            raise UsageError(f"--reg and --solver apply to --method ot, not {method}")
+            if budget is not None:
+                options["budget"] = budget
+        elif reg != 0.01 or solver != "torch" or budget is not None:
+            raise UsageError(f"--reg, --solver and --budget apply to --method ot, not {method}")
         else:
             options = {}
         device, precision = resolve_run(device, precision)

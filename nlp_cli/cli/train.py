@@ -64,6 +64,20 @@ def register(app: typer.Typer) -> None:
         drop_last: bool | None = typer.Option(
             None, "--drop-last/--no-drop-last", help="Drop the last partial batch (presets: on)."
         ),
+        ot_reg: float | None = typer.Option(
+            None, "--ot-reg", help="nlprompt with --repurify epoch: PromptOT's reg (0.01)."
+        ),
+        curriculum_epochs: int | None = typer.Option(
+            None,
+            "--curriculum-epochs",
+            help="nlprompt with --repurify epoch: NLPrompt's curriculum ramp length (0 = off).",
+        ),
+        curriculum_begin: float | None = typer.Option(
+            None, "--curriculum-begin", help="The curriculum's first budget (0.3)."
+        ),
+        curriculum_mode: str | None = typer.Option(
+            None, "--curriculum-mode", help="The curriculum's ramp: linear or exp."
+        ),
         loaders: str | None = typer.Option(
             None,
             "--loaders",
@@ -172,6 +186,10 @@ def register(app: typer.Typer) -> None:
             "warmup_recount": warmup_recount,
             "drop_last": drop_last,
             "loaders": loaders,
+            "ot_reg": ot_reg,
+            "curriculum_epochs": curriculum_epochs,
+            "curriculum_begin": curriculum_begin,
+            "curriculum_mode": curriculum_mode,
             "device": device,
             "precision": precision,
             "n_ctx": n_ctx,

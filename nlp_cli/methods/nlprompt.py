@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from nlp_cli.errors import UsageError
 from nlp_cli.methods import epoch_seed, register
 from nlp_cli.methods.standard import Standard
 from nlp_cli.prompt import text_features_many
@@ -25,6 +26,17 @@ class NLPrompt(Standard):
     """The `nlprompt` loss on a partition: given once (the pipe) or re-made each epoch."""
 
     name = "nlprompt"
+    settings = ("ot_reg", "curriculum_epochs", "curriculum_begin", "curriculum_mode")
+
+    def validate(self, config: Any) -> None:
+        from nlp_cli.purify import CURRICULUM_MODES
+
+        if not config.ot_reg > 0:
+            raise UsageError(f"--ot-reg must be positive, got {config.ot_reg:g}")
+        if config.curriculum_epochs < 0 or not 0 < config.curriculum_begin <= 1:
+            raise UsageError("--curriculum-epochs must be ≥ 0 and --curriculum-begin in (0, 1]")
+        if config.curriculum_mode not in CURRICULUM_MODES:
+            raise UsageError(f"--curriculum-mode must be one of {', '.join(CURRICULUM_MODES)}")
 
     def check_data(self, config: Any, data: Any) -> None:
         if config.repurify != "epoch":
@@ -32,7 +44,7 @@ class NLPrompt(Standard):
 
     @torch.no_grad()
     def before_epoch(self, model: Any, runs: list[Any], epoch: int, scale: float) -> None:
-        from nlp_cli.purify import promptot
+        from nlp_cli.purify import curriculum_budget, promptot
 
         again = [r for r in runs if r.config.repurify == "epoch"]
         if again:
@@ -42,7 +54,14 @@ class NLPrompt(Standard):
                 if r.config.drop_last and r.n >= r.config.batch_size:
                     seen = r.order[: r.n - r.n % r.config.batch_size]
                 clean = torch.zeros(r.n, dtype=torch.bool, device=r.device)
-                result = promptot(r.x_epoch[seen], r.normalise(t), r.given[seen], scale, reg=0.01)
+                c = r.config
+                budget = None
+                if c.curriculum_epochs:
+                    budget = curriculum_budget(
+                        epoch, c.curriculum_epochs, c.curriculum_begin, c.curriculum_mode
+                    )
+                x, y = r.x_epoch[seen], r.given[seen]
+                result = promptot(x, r.normalise(t), y, scale, reg=c.ot_reg, budget=budget)
                 clean[seen] = torch.as_tensor(result.clean, dtype=torch.bool, device=r.device)
                 r.epoch_clean = clean
         for r in runs:
