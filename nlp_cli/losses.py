@@ -9,9 +9,15 @@ Conventions chosen where the papers leave room:
   convention; `scale = 2` gives the L1 form `Σ_c |onehot_c − p_c| = 2(1 − p_y)` of the paper.
   `nlprompt` uses `1 − p_y` on its noisy samples, as the NLPrompt code does.
 * `logitclip` clips the logit vector to L2 norm τ, `z · min(1, τ/‖z‖)` (the LogitClip paper's
-  definition); the public DSPT code rescales to `1/τ` instead, which is the same family with
-  τ ↦ 1/τ. Default τ = 10: a vector of norm τ can still hold a margin of about τ, so
-  p_y up to about `e^τ/(e^τ + C − 1)`.
+  definition). Default τ = 10: a vector of norm τ can still hold a margin of about τ, so
+  p_y up to about `e^τ/(e^τ + C − 1)`. `logitclip-code` is the rule of the public LogitClip
+  code (hongxin001/LogitClip `algorithms/clip.py`): once `‖z‖ + 1e-7 > temp` the logits become
+  `z/(‖z‖ + 1e-7)/temp`, of norm 1/temp (default temp = 1, its `--temp`). The two coincide
+  (up to the 1e-7) at τ = temp = 1; for temp ≠ 1 the code's map is not a clip to any norm (it
+  jumps from norm temp to 1/temp at the threshold).
+* `bootstrap` is soft bootstrapping (β = 0.95, p detached); `bootstrap-hard` uses the argmax
+  prediction, `β·onehot(y) + (1 − β)·onehot(argmax p)` with β = 0.8 (Reed et al.'s settings).
+* `gce` clamps the probabilities to [1e-7, 1] before the power, as the GCE reference code does.
 * `square` ("square normalization", DSPT Table 3): `‖s · z/‖z‖₂ − onehot_y‖²₂`, a squared error
   between the L2-normalised logits (times a scale s, default 1) and the one-hot label.
 * `select` keeps only samples whose prediction agrees with their label (argmax z = y): its
@@ -35,6 +41,8 @@ from nlp_cli.registry import Registry, first_doc_line
 # Added to ‖z‖ before dividing by it (logitnorm, square), as LogitNorm's public code does, so an
 # all-zero logit vector stays finite.
 NORM_EPS = 1e-7
+# GCE's clamp of the probabilities (the reference code's `torch.clamp(pred, min=1e-7)`).
+GCE_CLAMP = 1e-7
 
 
 @dataclass(frozen=True)
@@ -223,9 +231,11 @@ def mae(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, scale: flo
 
 @register("gce", q=Knob(0.7, 0.0, 1.0, high_closed=True))
 def gce(z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, q: float) -> torch.Tensor:
-    """Generalised cross-entropy (1 − p_y^q)/q."""
-    # p_y^q through exp(q·log p_y) stays finite and differentiable when p_y underflows.
-    return (1.0 - torch.exp(q * _pick(F.log_softmax(z, dim=1), y))) / q
+    """Generalised cross-entropy (1 − p_y^q)/q, p clamped to [1e-7, 1] as the reference code."""
+    # The GCE reference implementation (and the noisy-label codebases built on it) clamps the
+    # softmax to [1e-7, 1] before the power: below 1e-7 the loss is flat, its gradient 0.
+    p_y = torch.clamp(_pick(F.softmax(z, dim=1), y), min=GCE_CLAMP, max=1.0)
+    return (1.0 - p_y**q) / q
 
 
 @register("dsoftmax")
@@ -278,6 +288,29 @@ def bootstrap(
     target = (1.0 - beta) * log_p.detach().exp()
     target = target.scatter_add(1, y[:, None], torch.full_like(z[:, :1], beta))
     return _soft_ce(log_p, target)
+
+
+@register("bootstrap-hard", beta=Knob(0.8, 0.0, 1.0, True, True))
+def bootstrap_hard(
+    z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, beta: float
+) -> torch.Tensor:
+    """Hard bootstrapping: CE against β·onehot(y) + (1 − β)·onehot(argmax p), β = 0.8."""
+    log_p = F.log_softmax(z, dim=1)
+    target = (1.0 - beta) * F.one_hot(z.detach().argmax(dim=1), z.shape[1]).to(log_p.dtype)
+    target = target.scatter_add(1, y[:, None], torch.full_like(z[:, :1], beta))
+    return _soft_ce(log_p, target)
+
+
+@register("logitclip-code", temp=Knob(1.0, 0.0))
+def logitclip_code(
+    z: torch.Tensor, y: torch.Tensor, clean: torch.Tensor | None, temp: float
+) -> torch.Tensor:
+    """LogitClip as its public code computes it: z/(‖z‖₂ + 1e-7)/temp once ‖z‖₂ + 1e-7 > temp."""
+    # hongxin001/LogitClip algorithms/clip.py: the rescaled norm is 1/temp while the threshold
+    # is temp, so for temp ≠ 1 the map jumps at the threshold; at temp = 1 it is `logitclip`
+    # with τ = 1 (up to the 1e-7 in the norm).
+    norm = torch.linalg.vector_norm(z, dim=1, keepdim=True) + NORM_EPS
+    return ce(torch.where(norm > temp, z / norm / temp, z), y, clean)
 
 
 @register("square", scale=Knob(1.0, 0.0))

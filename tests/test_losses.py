@@ -20,6 +20,8 @@ ALL = [
     "logitclip",
     "nce",
     "bootstrap",
+    "bootstrap-hard",
+    "logitclip-code",
     "square",
     "select",
     "nlprompt",
@@ -51,8 +53,9 @@ def reference(name, z, y, clean=None, **k):
     if name == "mae":
         return k.get("scale", 1.0) * (1 - _py(z, y))
     if name == "gce":
+        # the GCE reference code: softmax, clamp(min=1e-7, max=1), then the power
         q = k.get("q", 0.7)
-        return (1 - _py(z, y) ** q) / q
+        return (1 - _py(z, y).clamp(1e-7, 1.0) ** q) / q
     if name == "dsoftmax":
         return _ce_ref(_softmax(z), y)
     if name == "ls":
@@ -73,6 +76,17 @@ def reference(name, z, y, clean=None, **k):
         p = _softmax(z)
         t = beta * _onehot(y, c) + (1 - beta) * p.detach()
         return -(t * torch.log(p)).sum(1)
+    if name == "bootstrap-hard":
+        beta = k.get("beta", 0.8)
+        p = _softmax(z)
+        t = beta * _onehot(y, c) + (1 - beta) * _onehot(p.argmax(1), c)
+        return -(t * torch.log(p)).sum(1)
+    if name == "logitclip-code":
+        # hongxin001/LogitClip algorithms/clip.py, transcribed: delta = 1/temp,
+        # norms = ‖z‖ + 1e-7, clip where norms > temp, z/norms·delta there
+        temp = k.get("temp", 1.0)
+        norms = z.norm(dim=1, keepdim=True) + 1e-7
+        return _ce_ref(torch.where(norms > temp, z / norms * (1 / temp), z), y)
     if name == "square":
         s = k.get("scale", 1.0)
         u = s * z / (z.norm(dim=1, keepdim=True) + 1e-7)
@@ -93,7 +107,7 @@ def _batch(b=12, c=7, scale=4.0, seed=0):
     return z, y, clean
 
 
-def test_registry_has_all_twelve():
+def test_registry_has_all_fourteen():
     assert losses.list_losses() == ALL
     for name in ALL:
         spec = losses.get(name)
@@ -318,3 +332,20 @@ def test_dsoftmax_bounds(c):
 def test_dsoftmax_bounds_for_101_classes_are_the_papers():
     assert round(math.log(1 + 100 / math.e), 2) == 3.63
     assert round(math.log(math.e + 100), 2) == 4.63
+
+
+def test_logitclip_code_and_the_paper_rule_coincide_at_one():
+    z, y, _ = _batch(scale=6.0)
+    a = losses.per_sample_loss("logitclip", z, y, tau=1.0)
+    b = losses.per_sample_loss("logitclip-code", z, y, temp=1.0)
+    assert torch.allclose(a, b, atol=1e-6)
+    far = losses.per_sample_loss("logitclip-code", z, y, temp=10.0)
+    assert not torch.allclose(far, losses.per_sample_loss("logitclip", z, y, tau=10.0))
+
+
+def test_gce_is_flat_below_the_clamp():
+    z = torch.tensor([[0.0, 40.0, 40.0]], dtype=torch.float64, requires_grad=True)
+    loss = losses.per_sample_loss("gce", z, torch.tensor([0]))
+    loss.sum().backward()
+    assert torch.all(z.grad == 0)
+    assert float(loss.detach()) == pytest.approx((1 - 1e-7**0.7) / 0.7)
