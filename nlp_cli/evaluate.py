@@ -80,4 +80,8 @@ def evaluate(
     if prompt_art is not None:
         result["last5_mean_acc"] = last_k_mean(prompt_art.meta.get("history") or [])
         result["loss"] = prompt_art.meta.get("loss")
+        # how the prompt was made: its resolved training config and what ran it
+        for key in ("protocol", "config", "environment"):
+            if key in prompt_art.meta:
+                result[key] = prompt_art.meta[key]
     return result

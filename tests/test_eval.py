@@ -126,3 +126,14 @@ def test_untrained_context_is_the_training_init(cli, features, tmp_path):
     still = json.loads(cli("eval", out, "--json").stdout)
     assert still["acc1"] == untrained["acc1"]
     assert cli("eval", "--untrained", features, "--zero-shot", features).code == 2
+
+
+def test_eval_json_carries_the_resolved_config_and_environment(cli, features, tmp_path):
+    out = tmp_path / "p.safetensors"
+    r = cli("train", features, "--protocol", "coop", "--epochs", "2", "--n-ctx", "4", "--out", out)
+    assert r.code == 0, r.stderr
+    m = json.loads(cli("eval", out, "--json").stdout)
+    assert m["protocol"] == "coop"
+    assert m["config"]["momentum"] == 0.9 and m["config"]["precision"] == "fp32"
+    assert m["environment"]["device"] == "cpu" and m["environment"]["torch"]
+    assert m["environment"]["threads"] >= 1

@@ -6,6 +6,7 @@ runs that can share the text encoder are trained together, each equal to its run
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,29 @@ from nlp_cli.errors import UsageError, did_you_mean
 from nlp_cli.stages.result import StageResult
 
 COOP_SUFFIXES = (".pth", ".tar", ".pt")
+
+
+def environment(device: str, precision: str | None) -> dict[str, Any]:
+    """What ran a training run: versions, device, precision and threads (a number can be
+    reproduced from its file alone)."""
+    import platform
+
+    import torch
+
+    from nlp_cli import __version__
+
+    env = {
+        "nlp": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+    }
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
 
 
 @dataclass
@@ -334,6 +358,9 @@ def _train_group(
             "method": r.config.method,
             "knobs": result.info["knobs"],
             "history": result.history,
+            "protocol": r.options.get("protocol"),
+            "config": dataclasses.asdict(r.config),
+            "environment": environment(r.config.device, r.config.precision),
         }
         artifacts.save(r.target, "prompt", {"ctx": result.ctx}, meta)
         ckpt.unlink(missing_ok=True)
