@@ -80,3 +80,17 @@ def test_real_process_error_has_no_traceback():
     r = subprocess.run([sys.executable, "-m", "nlp_cli", "--nope"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_threads_option_reaches_torch_and_is_recorded(cli, features, tmp_path):
+    import torch
+
+    from nlp_cli import artifacts
+
+    out = tmp_path / "p.safetensors"
+    before = torch.get_num_threads()
+    r = cli("--threads", "1", "train", features, "--epochs", "1", "--n-ctx", "4", "--out", out)
+    assert r.code == 0, r.stderr
+    assert artifacts.read_meta(out)["environment"]["threads"] == 1
+    assert cli("--threads", "0", "train", features).code == 2
+    torch.set_num_threads(before)

@@ -40,6 +40,13 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads for torch (default: half the cores this process may use, at least 1; "
+        "OMP_NUM_THREADS wins when set).",
+    ),
 ) -> None:
     """Prompt learning on CLIP under noisy labels.
 
@@ -48,6 +55,30 @@ def _root(
 
         nlp corrupt FEATS --sym 0.5 | nlp purify | nlp train --loss nlprompt | nlp eval
     """
+    set_threads(threads)
+
+
+def set_threads(threads: int | None) -> int:
+    """The CPU threads torch computes with: `threads`, else OMP_NUM_THREADS, else half the cores.
+
+    Every core's thread oversubscribes a machine whose cores other processes share (a training
+    run then burns several times the CPU time of a one-thread run), so the default leaves half
+    the cores. Set before torch is imported, through OMP_NUM_THREADS, so
+    that `--help` needs no torch; applied directly when torch is already loaded."""
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else max(1, _cores() // 2)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return threads
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _stage_modules() -> list[str]:
