@@ -94,3 +94,25 @@ def test_threads_option_reaches_torch_and_is_recorded(cli, features, tmp_path):
     assert artifacts.read_meta(out)["environment"]["threads"] == 1
     assert cli("--threads", "0", "train", features).code == 2
     torch.set_num_threads(before)
+
+
+def test_progress_lines_for_logs_carry_rate_and_eta(capsys, monkeypatch):
+    from nlp_cli.cli import common
+
+    clock = iter([0.0, 2.0, 4.0])
+    monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
+    ticker = common.Ticker("embedding", "images", interval=1.0)
+    ticker.update(0, 10)
+    ticker.update(4, 10)
+    ticker.update(10, 10)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "embedding 4/10 images (2.0/s, eta 3s)"
+    assert err[1] == "embedding 10/10 images (2.5/s)"
+    assert common.duration(3725) == "1h02m" and common.duration(185) == "3m05s"
+
+
+def test_train_epoch_lines_have_an_eta(cli, features):
+    r = cli("train", features, "--epochs", "3", "--n-ctx", "4")
+    assert r.code == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 3 and "eta" in lines[1] and "eta" not in lines[2]

@@ -8,7 +8,16 @@ from pathlib import Path
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.cli.common import AsJson, Device, Precision, finish, resolve_run, said, test_pause
+from nlp_cli.cli.common import (
+    AsJson,
+    Device,
+    Precision,
+    Ticker,
+    finish,
+    resolve_run,
+    said,
+    test_pause,
+)
 
 
 def _init_distributed(device: str) -> bool:
@@ -98,17 +107,28 @@ class _Bar:
     """A Rich progress bar on stderr fed by (done, total) callbacks."""
 
     def __enter__(self) -> _Bar:
-        from rich.progress import Progress
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-        self.progress = Progress(console=output.console, transient=True)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        self.progress = Progress(
+            *columns, TimeRemainingColumn(), console=output.console, transient=True
+        )
         self.task = None
         self.live = output.console.is_terminal
+        self.ticker = Ticker("embedding", "images")
         if self.live:
             self.progress.start()
         return self
 
     def update(self, done: int, total: int) -> None:
         if not self.live:
+            self.ticker.update(done, total)
             return
         if self.task is None:
             self.task = self.progress.add_task("embedding", total=total)

@@ -238,9 +238,19 @@ def register(app: typer.Typer) -> None:
 
 
 def _progress():
-    """One stderr line per epoch of each run (runs trained together are named)."""
+    """One stderr line per epoch of each run (runs trained together are named), with the ETA
+    of the run from its epochs so far."""
+    import time
+
+    from nlp_cli.cli.common import duration
+
+    started: dict[int, tuple[float, int]] = {}
 
     def line(run: int, label: str, rec: dict[str, Any], cfg: Any) -> None:
+        now = time.monotonic()
+        t0, e0 = started.setdefault(run, (now, rec["epoch"]))
+        left = cfg.epochs - rec["epoch"]
+        per_epoch = (now - t0) / (rec["epoch"] - e0) if rec["epoch"] > e0 else None
         parts = [
             f"epoch {rec['epoch']}/{cfg.epochs}",
             f"lr {rec['lr']:.3g}",
@@ -251,6 +261,8 @@ def _progress():
             parts.insert(0, f"[{label}]")
         if rec["loss_noisy"] is not None and rec["loss_clean"] is not None:
             parts.append(f"loss correct/wrong {rec['loss_clean']:.3f}/{rec['loss_noisy']:.3f}")
+        if per_epoch is not None and left:
+            parts.append(f"eta {duration(per_epoch * left)}")
         output.console.print("  ".join(parts), soft_wrap=True, markup=False)
 
     return line
