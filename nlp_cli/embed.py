@@ -167,6 +167,57 @@ class ImageSet(torch.utils.data.Dataset):
         return plain, views, True
 
 
+class _FreshViews(torch.utils.data.Dataset):
+    """One fresh CoOp augmentation of each image, drawn from (seed, epoch, index)."""
+
+    def __init__(self, root: Path, paths: list[str], size: int, seed: int, epoch: int) -> None:
+        self.root, self.paths, self.size, self.seed, self.epoch = root, paths, size, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 7919 + i) % 2**63)
+        with Image.open(self.root / self.paths[i]) as im:
+            return augment(im.convert("RGB"), self.size, g)
+
+
+class OnlineViews:
+    """The training images of a features artifact, freshly augmented (random resized crop
+    0.08–1 + flip, as CoOp's loader) and encoded by the frozen image encoder once per epoch:
+    what CoOp trains on, where cached `--views` draw from a fixed set of K crops."""
+
+    def __init__(
+        self, meta: dict[str, Any], model: Any, index: torch.Tensor, batch_size: int = 64
+    ) -> None:
+        root = Path(meta.get("root") or "")
+        listed = (meta.get("paths") or {}).get("train") or []
+        if len(index) and len(listed) <= int(index.max()):
+            raise NlpError("--augment online needs the training images' paths in the features")
+        self.paths = [listed[i] for i in index.tolist()]
+        missing = [p for p in self.paths if not (root / p).is_file()]
+        if missing:
+            raise NlpError(
+                f"--augment online needs the training images: {root / missing[0]} is missing "
+                f"({len(missing)} of {len(self.paths)})"
+            )
+        self.root, self.model, self.batch_size = root, model, batch_size
+        self.size = int(model.visual.input_resolution)
+
+    @torch.no_grad()
+    def epoch(self, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+        """Normalised float32 features [N, D] of this epoch's views."""
+        loader = torch.utils.data.DataLoader(
+            _FreshViews(self.root, self.paths, self.size, seed, epoch), batch_size=self.batch_size
+        )
+        dtype = self.model.dtype
+        parts = [self.model.encode_image(x.to(device, dtype)).float() for x in loader]
+        feats = torch.cat(parts)
+        return feats / feats.norm(dim=-1, keepdim=True)
+
+
 def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()

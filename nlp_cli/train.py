@@ -34,6 +34,7 @@ from nlp_cli.prompt import POSITIONS, PromptLearner, text_features_many
 
 TARGETS = ("labels", "zero-shot")
 REPURIFY = ("none", "epoch")
+AUGMENT = ("views", "online", "none")
 LOADERS = ("mixed", "separate")
 METHODS = ("standard", "joapr")  # the values of --method (nlprompt follows from --loss nlprompt)
 
@@ -65,6 +66,10 @@ class TrainConfig:
     csc: bool = False
     class_token_position: str = "end"
     targets: str = "labels"
+    # views: each epoch draws one of the features' cached augmented views (center crop without
+    # them); online: fresh CoOp augmentations through the image encoder every epoch; none:
+    # the center crop only
+    augment: str = "views"
     repurify: str = "none"
     # nlprompt: "mixed" batches, or NLPrompt's code: all clean batches (CE), then all noisy
     # batches (MAE), from separate loaders; with drop_last the OT's last partial batch is noisy.
@@ -148,6 +153,8 @@ class TrainConfig:
             raise UsageError("--warmup-epochs must lie in [0, epochs]")
         if self.class_token_position not in POSITIONS:
             raise UsageError(f"--class-token-position must be one of {', '.join(POSITIONS)}")
+        if self.augment not in AUGMENT:
+            raise UsageError(f"--augment must be one of {', '.join(AUGMENT)}")
         if self.targets not in TARGETS:
             raise UsageError(f"--targets must be one of {', '.join(TARGETS)}")
         if self.repurify not in REPURIFY:
@@ -342,8 +349,13 @@ class RunState:
                 f"{data.features.path}: train sample {int(data.index[bad[0]])} has an all-zero "
                 f"feature row ({len(bad)} such rows): re-create it with `nlp embed`"
             )
-        views = feats.get("train.views")
+        views = feats.get("train.views") if config.augment == "views" else None
         self.views = views[:, data.index] if views is not None else None
+        self.online = None
+        if config.augment == "online":
+            from nlp_cli.embed import OnlineViews
+
+            self.online = OnlineViews(data.features.meta, model, data.index)
         self.given = data.labels.to(device)
         true = data.true_labels.to(device)
         self.targets = self.given
@@ -428,7 +440,9 @@ class RunState:
         g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
         self.order = torch.randperm(self.n, generator=g).to(self.device)
         self.x_epoch = self.train
-        if self.views is not None:
+        if self.online is not None:
+            self.x_epoch = self.online.epoch(self.config.seed, epoch, self.device)
+        elif self.views is not None:
             pick = torch.randint(self.views.shape[0], (self.n,), generator=g)
             self.x_epoch = _normalise(self.views[pick, torch.arange(self.n)]).to(self.device)
         self.epoch_clean = self.clean

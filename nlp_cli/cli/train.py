@@ -78,6 +78,13 @@ def register(app: typer.Typer) -> None:
         curriculum_mode: str | None = typer.Option(
             None, "--curriculum-mode", help="The curriculum's ramp: linear or exp."
         ),
+        augment: str | None = typer.Option(
+            None,
+            "--augment",
+            autocompletion=_choices("views", "online", "none"),
+            help="views (a cached augmented view per epoch, default), online (fresh CoOp "
+            "crops through the image encoder every epoch) or none (center crops).",
+        ),
         loaders: str | None = typer.Option(
             None,
             "--loaders",
@@ -186,6 +193,7 @@ def register(app: typer.Typer) -> None:
             "warmup_recount": warmup_recount,
             "drop_last": drop_last,
             "loaders": loaders,
+            "augment": augment,
             "ot_reg": ot_reg,
             "curriculum_epochs": curriculum_epochs,
             "curriculum_begin": curriculum_begin,

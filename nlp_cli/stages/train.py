@@ -213,11 +213,13 @@ def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
             raise UsageError(f"two runs would write {target}: give each run its own --out")
         hit = artifacts.cached(target, key, "prompt")
         run = _Run(td, cfg, init_ctx, upstream, options, key, target, hit)
-        if proto is not None and "train.views" not in td.features.tensors and not hit:
+        no_views = "train.views" not in td.features.tensors and cfg.augment == "views"
+        if proto is not None and no_views and not hit:
             run.warnings.append(
                 f"the {proto} protocol trains on CoOp's augmented images (random "
                 f"resized crop + flip); {td.features.path.name} holds only center crops: "
-                "`nlp embed … --views 10` caches augmented views to draw from"
+                "`nlp embed … --views 10` caches augmented views to draw from, `--augment "
+                "online` encodes fresh ones every epoch"
             )
         runs.append(run)
     for part in purified:
