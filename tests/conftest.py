@@ -67,6 +67,23 @@ def make_features(
     return artifacts.save(path, "features", tensors, meta)
 
 
+def make_image_folder(root: Path, train: int = 6, test: int = 3) -> Path:
+    """A user folder of small generated images: train/ and test/, three colour classes."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", train), ("test", test)):
+        for c, colour in enumerate(((220, 30, 30), (30, 220, 30), (30, 30, 220))):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                noise = (torch.rand(40, 48, 3, generator=g) * 60).to(torch.uint8).numpy()
+                img = Image.new("RGB", (48, 40), colour)
+                img.paste(Image.fromarray(noise), (0, 0), Image.new("L", (48, 40), 90))
+                img.save(folder / f"{i}.png")
+    return root
+
+
 def make_sym_labelset(features: Path, out: Path, rate: float = 0.5, seed: int = 0) -> Path:
     """A label set with round(rate·N) train labels moved uniformly to one of the other classes."""
     feats = artifacts.load(features, "features")

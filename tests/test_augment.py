@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from PIL import Image
+from conftest import make_image_folder
 
 from nlp_cli import artifacts, clip_model
 from nlp_cli import train as lib
@@ -11,16 +11,7 @@ from nlp_cli.embed import OnlineViews
 
 @pytest.fixture
 def image_features(cli, tiny_clip, tmp_path):
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 6), ("test", 3)):
-        for c, colour in enumerate(((220, 30, 30), (30, 220, 30), (30, 30, 220))):
-            folder = tmp_path / "imgs" / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                noise = (torch.rand(40, 48, 3, generator=g) * 60).to(torch.uint8).numpy()
-                img = Image.new("RGB", (48, 40), colour)
-                img.paste(Image.fromarray(noise), (0, 0), Image.new("L", (48, 40), 90))
-                img.save(folder / f"{i}.png")
+    make_image_folder(tmp_path / "imgs")
     out = tmp_path / "feats.safetensors"
     r = cli("embed", tmp_path / "imgs", "--model", tiny_clip, "--out", out)
     assert r.code == 0, r.stderr

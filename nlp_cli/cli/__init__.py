@@ -17,7 +17,16 @@ from nlp_cli import __version__
 from nlp_cli.errors import NlpError, Terminated
 
 # Stages appear in `nlp --help` in pipeline order; a module joins by defining register(app).
-STAGE_ORDER = ["download", "embed", "corrupt", "purify", "train", "eval", "analyze_grad"]
+STAGE_ORDER = [
+    "download",
+    "embed",
+    "corrupt",
+    "purify",
+    "train",
+    "eval",
+    "predict",
+    "analyze_grad",
+]
 
 app = typer.Typer(
     name="nlp",
