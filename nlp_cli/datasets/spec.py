@@ -54,7 +54,7 @@ class DatasetSpec:
     note: str = ""
     required: tuple[str, ...] = ()  # further folders the images live in (when image_dir is "")
     generate: Callable[[Path, int], Path] | None = field(default=None, compare=False)
-    needs: tuple[str, ...] = ()  # files `build` reads (present when the split file is not)
+    needs: tuple[str, ...] = ()  # files `build` reads: with them, a missing split is regenerated
 
     def present(self, folder: Path) -> bool:
         """True when `folder` holds this dataset's images and a split (file or rule)."""
