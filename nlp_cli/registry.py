@@ -26,6 +26,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return list(self._specs)
 
+    def mapping(self) -> dict[str, T]:
+        """The live name → spec dict (for lookups by more than the exact name)."""
+        return self._specs
+
     def get(self, name: str) -> T:
         try:
             return self._specs[name]

@@ -119,6 +119,29 @@ def test_module_level_imports_have_no_cycle():
             visit(node, [])
 
 
+def test_datasets_modules_import_each_other_without_a_cycle():
+    """Not even through imports inside functions: the split-file types sit below every family."""
+    inside = [p for p in MODULES if _module_name(p).split(".")[:2] == ["nlp_cli", "datasets"]]
+    graph = {
+        _module_name(p): {_known(i) for i in _imports(p)} & {_module_name(q) for q in inside}
+        for p in inside
+    }
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in graph[node] - {node}:
+            if state.get(nxt) == 1:
+                pytest.fail(f"import cycle: {' → '.join([*trail, node, nxt])}")
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [])
+
+
 def test_library_imports_without_the_cli():
     code = (
         "import sys\n"

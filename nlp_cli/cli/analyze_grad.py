@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from nlp_cli import analysis
 from nlp_cli.cli import output
 from nlp_cli.cli.common import show
+
+if TYPE_CHECKING:
+    from nlp_cli.analysis import GradStats
+
+# `nlp_cli.analysis` (and torch with it) is imported where the work is, not for `--help`.
 
 BAR_WIDTH = 20
 
@@ -23,6 +27,8 @@ def _fmt(x: float | int | None) -> str:
 def render_table(summary: dict[str, dict[str, dict[str, Any]]]) -> None:
     """The statistics as a Rich table on stderr."""
     from rich.table import Table
+
+    from nlp_cli import analysis
 
     table = Table(title="gradient mass Σ|∂L/∂z| per sample")
     table.add_column("loss")
@@ -54,8 +60,10 @@ def render_timeline(summary: dict[str, dict[str, Any]]) -> None:
     output.console.print(table)
 
 
-def render_histograms(stats: analysis.GradStats, bins: int) -> None:
+def render_histograms(stats: GradStats, bins: int) -> None:
     """One terminal histogram per loss: each group's share of samples per bin, on stderr."""
+    from nlp_cli import analysis
+
     for name in stats.masses:
         groups = stats.groups(name)
         hi = float(stats.masses[name].max()) if stats.masses[name].numel() else 1.0
@@ -116,6 +124,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Gradient mass Σ|∂L/∂z| of each loss on correctly vs wrongly labelled samples."""
+        from nlp_cli import analysis
         from nlp_cli.stages.analyze import AnalyzeOptions, analyze_gradients
 
         opts = AnalyzeOptions(

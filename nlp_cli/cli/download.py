@@ -52,7 +52,6 @@ def register(app: typer.Typer) -> None:
         """
         from nlp_cli import datasets
         from nlp_cli.home import data_dir
-        from nlp_cli.stages import prepare as stages
 
         root = Path(root) if root is not None else data_dir()
         if list_:
@@ -79,6 +78,9 @@ def register(app: typer.Typer) -> None:
                 table.add_row(r["name"], present, r["folder"], r["description"])
             output.console.print(table)
             return
+        # After --list: the stages import torch, which listing the catalog does not need.
+        from nlp_cli.stages import prepare as stages
+
         with _Bytes() as bar:
             if model is not None:
                 if dataset is not None:

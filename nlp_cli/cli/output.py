@@ -5,15 +5,35 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from nlp_cli.errors import UsageError
 
-# Log lines are not wrapped at the console width (80 columns when stderr is a file or a pipe):
-# a long line stays one line for grep and for the reader of a log.
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    console: Console
+
+_console: Console | None = None
+
+
+def _stderr() -> Console:
+    """The stderr console, made on first use: importing Rich would cost `nlp --help` and TAB
+    a fair share of their time."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        # Log lines are not wrapped at the console width (80 columns when stderr is a file or
+        # a pipe): a long line stays one line for grep and for the reader of a log.
+        _console = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _console
+
+
+def __getattr__(name: str) -> Any:
+    if name == "console":
+        return _stderr()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def input_path(arg: Path | None, what: str = "input artifact") -> Path:
@@ -56,12 +76,12 @@ def emit_json(data: dict[str, Any]) -> None:
 
 def info(message: str) -> None:
     """A log line on stderr."""
-    console.print(message)
+    _stderr().print(message)
 
 
 def warn(message: str) -> None:
     """A warning line on stderr."""
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    _stderr().print(f"[yellow]warning:[/yellow] {message}")
 
 
 def _jsonable(x: Any) -> Any:

@@ -8,13 +8,8 @@ import typer
 
 from nlp_cli.cli import output
 from nlp_cli.cli.common import AsJson, Device, Model, Out, Precision, finish, resolve_run, said
+from nlp_cli.cli.names import PURIFIERS
 from nlp_cli.errors import UsageError
-
-
-def _purifiers() -> str:
-    from nlp_cli.purify import list_purifiers
-
-    return ", ".join(list_purifiers())
 
 
 def register(app: typer.Typer) -> None:
@@ -25,7 +20,7 @@ def register(app: typer.Typer) -> None:
         labels: Path | None = typer.Argument(
             None, help="Label set from `nlp corrupt` (default: a path piped on stdin)."
         ),
-        method: str = typer.Option("ot", "--method", help=f"Purifier: {_purifiers()}."),
+        method: str = typer.Option("ot", "--method", help=f"Purifier: {', '.join(PURIFIERS)}."),
         reg: float = typer.Option(0.01, "--reg", help="Entropic regularisation of PromptOT."),
         solver: str = typer.Option(
             "torch", "--solver", help="Sinkhorn for PromptOT: torch (fast) or pot (POT's)."

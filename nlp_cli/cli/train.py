@@ -9,13 +9,12 @@ import typer
 
 from nlp_cli.cli import output
 from nlp_cli.cli.common import Precision, show, test_pause
+from nlp_cli.cli.names import LOSSES
 from nlp_cli.errors import UsageError
 
 
 def _complete_loss(incomplete: str) -> list[str]:
-    from nlp_cli.losses import list_losses
-
-    return [n for n in list_losses() if n.startswith(incomplete)]
+    return [n for n in LOSSES if n.startswith(incomplete)]
 
 
 def _choices(*names: str):
@@ -24,7 +23,6 @@ def _choices(*names: str):
 
 def register(app: typer.Typer) -> None:
     """Add the `train` command."""
-    from nlp_cli.losses import list_losses
 
     @app.command("train")
     def train(
@@ -36,7 +34,7 @@ def register(app: typer.Typer) -> None:
         loss: str | None = typer.Option(
             None,
             "--loss",
-            help=f"Loss (default ce) or a comma list of losses: {', '.join(list_losses())}.",
+            help=f"Loss (default ce) or a comma list of losses: {', '.join(LOSSES)}.",
             autocompletion=_complete_loss,
         ),
         protocol: str | None = typer.Option(

@@ -1,5 +1,8 @@
 """Dataset registry: the CoOp benchmarks (and `shapes`) by name, plus loading any dataset folder.
 
+The entries live in one module per family (`coop`, `cifar`, `generated`); the types and CoOp's
+split files and rules in `spec` and `splits`; fetching in `download`; a user's own data in `folder`.
+
 A dataset on disk is a folder in CoOp's layout (`<root>/<folder>/<image_dir>/…` and a split file
 `split_zhou_<Name>.json`), a user folder with one sub-folder per class, or a CSV
 `path,label[,split]`. Every kind loads into the same `Dataset`: class names and, per split, image
@@ -8,13 +11,20 @@ paths relative to `Dataset.root` with their labels.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from nlp_cli.datasets.catalog import CATALOG, DatasetSpec, Source
+# isort: off
+# Each family module registers its entries on import: this order is the catalog's.
+from nlp_cli.datasets import coop  # noqa: F401
+from nlp_cli.datasets import cifar  # noqa: F401
+from nlp_cli.datasets import generated  # noqa: F401
+
+# isort: on
+from nlp_cli.datasets import folder as user
+from nlp_cli.datasets.spec import CATALOG, DatasetSpec, Source
+from nlp_cli.datasets.splits import Dataset
 from nlp_cli.errors import NlpError, UsageError, did_you_mean
+from nlp_cli.home import data_dir
 
 __all__ = [
     "CATALOG",
@@ -26,48 +36,6 @@ __all__ = [
     "load",
     "resolve",
 ]
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Dataset:
-    """Class names and, per split, image paths (relative to `root`) and labels."""
-
-    name: str
-    root: Path
-    classnames: list[str]
-    paths: dict[str, list[str]]
-    labels: dict[str, list[int]]
-    notes: list[str] = field(default_factory=list)
-
-    def splits(self) -> list[str]:
-        """The splits that hold images, in train/val/test order."""
-        return [s for s in SPLITS if self.paths.get(s)]
-
-    def digest(self) -> str:
-        """SHA-256 of what the features depend on: the listing and each image's size and mtime.
-
-        The listing alone (class names, paths, labels) is not enough: an image fixed in place
-        keeps its path, and its old features would be a cache hit. So every listed file's size
-        and `st_mtime_ns` enter the digest too (a file that cannot be stat'ed counts as -1, -1;
-        embedding then reports it). Copying a dataset without keeping mtimes makes a new key.
-        """
-        h = hashlib.sha256()
-        listing = {"classnames": self.classnames, "paths": self.paths, "labels": self.labels}
-        h.update(json.dumps(listing, sort_keys=True).encode())
-        for split in sorted(self.paths):
-            for rel in self.paths[split]:
-                h.update(b"\0%d %d" % _size_and_mtime(self.root / rel))
-        return h.hexdigest()
-
-
-def _size_and_mtime(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except OSError:
-        return -1, -1
-    return st.st_size, st.st_mtime_ns
 
 
 def list_datasets() -> list[str]:
@@ -100,8 +68,6 @@ def _unknown(name: str) -> UsageError:
 
 def resolve(name_or_path: str, root: Path | None = None) -> tuple[DatasetSpec | None, Path]:
     """Find a dataset: a catalog name (looked up under `root`) or a path; returns (spec, path)."""
-    from nlp_cli.home import data_dir
-
     root = Path(root) if root is not None else data_dir()
     path = Path(name_or_path).expanduser()
     spec = _lookup(name_or_path)
@@ -133,8 +99,6 @@ def detect(folder: Path) -> DatasetSpec | None:
 
 def load(name_or_path: str, root: Path | None = None, seed: int = 1) -> Dataset:
     """Load a catalog dataset, a CoOp-layout folder, a class-folder tree or a CSV."""
-    from nlp_cli.datasets import folder as user
-
     spec, path = resolve(name_or_path, root)
     if spec is not None:
         return spec.load(path, seed=seed)
@@ -142,7 +106,7 @@ def load(name_or_path: str, root: Path | None = None, seed: int = 1) -> Dataset:
         if path.suffix.lower() != ".csv":
             raise UsageError(f"{path} is a file but not a CSV of path,label[,split]")
         return user.load_csv(path, seed=seed)
-    coop = user.load_split_folder(path)
-    if coop is not None:
-        return coop
+    split = user.load_split_folder(path)
+    if split is not None:
+        return split
     return user.load_class_folders(path, seed=seed)

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from nlp_cli import __version__
-from nlp_cli.datasets.catalog import INCOMPLETE, DatasetSpec, Source, save_split_file
+from nlp_cli.datasets.spec import INCOMPLETE, DatasetSpec, Source
+from nlp_cli.datasets.splits import save_split_file
 from nlp_cli.errors import NlpError, UsageError, did_you_mean
 
 CHUNK = 1 << 16

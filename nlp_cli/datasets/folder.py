@@ -11,9 +11,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from nlp_cli.datasets import Dataset
-from nlp_cli.datasets.catalog import (
+from nlp_cli.datasets.splits import (
     IMAGE_EXTS,
+    Dataset,
     Item,
     Split,
     read_and_split,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nlp_cli.datasets.catalog import Split, save_split_file
+from nlp_cli.datasets.splits import Split, save_split_file
 
 # Hue (degrees), saturation range, value range.
 COLOURS: dict[str, tuple[float, tuple[float, float], tuple[float, float]]] = {

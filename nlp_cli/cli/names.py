@@ -1,0 +1,11 @@
+"""Registry names for option help and completion, written out so that `nlp --help` and TAB
+need not import the registries' modules (and torch with them).
+
+tests/test_cli_start.py holds each tuple equal to its registry, so they cannot drift.
+"""
+
+LOSSES = (
+    "ce", "mae", "gce", "dsoftmax", "ls", "logitnorm", "logitclip", "nce", "bootstrap", "square",
+    "select", "nlprompt",
+)  # fmt: skip
+PURIFIERS = ("ot", "zeroshot", "gmm")

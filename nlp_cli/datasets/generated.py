@@ -1,0 +1,33 @@
+"""Datasets drawn on this machine rather than downloaded: `shapes`.
+
+The entry stays in the catalog when its generator (`nlp_cli.datasets.shapes`, which needs numpy
+and Pillow) cannot be imported; `nlp download shapes` then says so in one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nlp_cli.datasets.spec import DatasetSpec, register
+from nlp_cli.errors import NlpError
+
+
+def _generate_shapes(root: Path, seed: int) -> Path:
+    try:
+        import nlp_cli.datasets.shapes as shapes
+    except ImportError as e:
+        raise NlpError("the shapes generator (nlp_cli.datasets.shapes) is not installed") from e
+    return Path(shapes.generate(root, seed=seed))
+
+
+register(
+    DatasetSpec(
+        "shapes",
+        "shapes",
+        "",
+        None,
+        (),
+        "Generated coloured shapes (offline, deterministic)",
+        generate=_generate_shapes,
+    )
+)
