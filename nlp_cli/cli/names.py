@@ -5,7 +5,7 @@ tests/test_cli_start.py holds each tuple equal to its registry, so they cannot d
 """
 
 LOSSES = (
-    "ce", "mae", "gce", "dsoftmax", "ls", "logitnorm", "logitclip", "nce", "bootstrap", "square",
-    "select", "nlprompt",
+    "ce", "mae", "gce", "dsoftmax", "ls", "logitnorm", "logitclip", "nce", "bootstrap",
+    "bootstrap-hard", "logitclip-code", "square", "select", "nlprompt",
 )  # fmt: skip
 PURIFIERS = ("ot", "zeroshot", "gmm")
