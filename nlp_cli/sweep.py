@@ -99,6 +99,30 @@ class Grid:
         return self.folder() / "metrics" / f"{cell.slug}.json"
 
 
+PRESETS = Path(__file__).parent / "presets"
+
+
+def presets() -> dict[str, str]:
+    """The bundled grids (the papers' tables) by name, each with its first comment line."""
+    out = {}
+    for path in sorted(PRESETS.glob("*.yaml")):
+        lines = path.read_text().splitlines()
+        about = next((line.lstrip("# ").strip() for line in lines if line.startswith("#")), "")
+        out[path.stem] = about
+    return out
+
+
+def preset_path(name: str) -> Path:
+    """The file of a bundled grid; UsageError with a suggestion for an unknown name."""
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        known = list(presets())
+        raise UsageError(
+            f"unknown preset {name!r}{did_you_mean(name, known)}: choose from {', '.join(known)}"
+        )
+    return path
+
+
 def dataset_name(source: str) -> str:
     """A features path counts under its file stem; a catalog name under itself."""
     return Path(source).stem if source.endswith(".safetensors") else source

@@ -221,3 +221,17 @@ def test_batched_sweep_equals_cell_by_cell(tmp_path, features):
         assert torch.equal(a.tensors["ctx"], b.tensors["ctx"])
         assert a.meta["history"] == b.meta["history"]
     torch.set_num_threads(threads)
+
+
+def test_presets_are_the_example_grids(cli):
+    from nlp_cli import sweep as sw
+
+    names = sw.presets()
+    assert set(names) == {"dspt-table1", "nlprompt-16shot", "logitclip-tau", "shapes"}
+    assert names["dspt-table1"].startswith("DSPT Table 1")
+    r = cli("sweep", "--list-presets", "--json")
+    assert r.code == 0 and set(json.loads(r.stdout)["presets"]) == set(names)
+    r = cli("sweep", "--preset", "dspt-table1", "--dry-run", "--json")
+    assert r.code == 0 and len(json.loads(r.stdout)["cells"]) == 9 * 6 * 6 * 3
+    bad = cli("sweep", "--preset", "dspt-tabel1", "--dry-run")
+    assert bad.code == 2 and "did you mean 'dspt-table1'" in bad.stderr

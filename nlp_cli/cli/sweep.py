@@ -14,7 +14,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sweep")
     def sweep(
-        grid_file: Path = typer.Argument(..., help="The sweep YAML (see examples/)."),
+        grid_file: Path | None = typer.Argument(
+            None, help="The sweep YAML (see examples/), or --preset NAME."
+        ),
+        preset: str | None = typer.Option(
+            None, "--preset", help="A bundled grid for a paper's table (see --list-presets)."
+        ),
+        list_presets: bool = typer.Option(
+            False, "--list-presets", help="List the bundled grids and what each reproduces."
+        ),
         device: str = typer.Option(
             "cpu", "--device", help="cpu, cuda or cuda:N (under torchrun: cuda = this rank's GPU)."
         ),
@@ -34,8 +42,17 @@ def register(app: typer.Typer) -> None:
         import os
 
         from nlp_cli import sweep as sw
+        from nlp_cli.errors import UsageError
 
-        grid = sw.load_grid(grid_file)
+        if list_presets:
+            for name, about in sw.presets().items():
+                output.info(f"{name:<18} {about}")
+            if as_json:
+                output.emit_json({"presets": sw.presets()})
+            return
+        if (grid_file is None) == (preset is None):
+            raise UsageError("give a sweep YAML or --preset NAME (see --list-presets)")
+        grid = sw.load_grid(grid_file if preset is None else sw.preset_path(preset))
         if out is not None:
             grid.out = out
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
