@@ -267,10 +267,33 @@ def tokenize(texts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_texts(model: Any, texts: list[str]) -> torch.Tensor:
-    """Text features (not normalised) for plain strings."""
+def encode_texts(model: Any, texts: list[str], chunk: int = 256) -> torch.Tensor:
+    """Text features (not normalised) for plain strings, float32.
+
+    The text tower is causal and only the end-of-text position is read, so positions after the
+    longest text's end never matter: the tower runs on the first (max EOT + 1) positions only,
+    the same features as `model.encode_text` on all 77 (tests hold them together), several
+    times faster for short prompts. Chunks of `chunk` texts bound the memory.
+    """
     device = model.text_projection.device
-    return model.encode_text(tokenize(texts).to(device)).float()
+    tokens = tokenize(texts).to(device)
+    out = [_encode_truncated(model, tokens[i : i + chunk]) for i in range(0, len(tokens), chunk)]
+    return torch.cat(out) if out else torch.zeros(0, model.text_projection.shape[1])
+
+
+def _encode_truncated(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    eot = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
+    length = int(eot.max()) + 1
+    dtype = model.dtype
+    x = model.token_embedding(tokens[:, :length]).type(dtype)
+    x = (x + model.positional_embedding[:length].type(dtype)).permute(1, 0, 2)
+    mask = torch.full((length, length), float("-inf"), device=x.device).triu_(1).to(dtype)
+    for blk in model.transformer.resblocks:
+        y = blk.ln_1(x)
+        x = x + blk.attn(y, y, y, need_weights=False, attn_mask=mask)[0]
+        x = x + blk.mlp(blk.ln_2(x))
+    x = model.ln_final(x.permute(1, 0, 2)).type(dtype)
+    return (x[torch.arange(len(tokens), device=x.device), eot] @ model.text_projection).float()
 
 
 def hand_prompt_features(model: Any, classnames: list[str], template: str = HAND_TEMPLATE):

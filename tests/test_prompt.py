@@ -106,3 +106,20 @@ def test_prompt_artifact_roundtrip(tmp_path, tiny_clip):
     ref = F.normalize(plain_text_features(loaded.model, learner), dim=-1)
     assert torch.allclose(feats, ref, atol=1e-5)
     assert torch.allclose(feats.norm(dim=-1), torch.ones(len(NAMES)))
+
+
+@pytest.mark.parametrize("n", [1, 7, 300])
+def test_encode_texts_truncated_equals_encode_text(tiny_clip, n):
+    """The hand prompts go through the first (max EOT + 1) positions only: the same features as
+    CLIP's own 77-position encode_text."""
+    import torch
+
+    from nlp_cli import clip_model
+
+    model = clip_model.load(str(tiny_clip)).model
+    texts = [f"a photo of a {'very ' * (i % 9)}class {i}." for i in range(n)]
+    fast = clip_model.encode_texts(model, texts, chunk=128)
+    with torch.no_grad():
+        plain = model.encode_text(clip_model.tokenize(texts)).float()
+    assert fast.shape == plain.shape
+    assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-5)
