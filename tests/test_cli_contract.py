@@ -99,15 +99,15 @@ def test_threads_option_reaches_torch_and_is_recorded(cli, features, tmp_path):
 def test_progress_lines_for_logs_carry_rate_and_eta(capsys, monkeypatch):
     from nlp_cli.cli import common
 
-    clock = iter([0.0, 2.0, 4.0])
+    clock = iter([0.0, 2.0, 2.5, 4.0])
     monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
     ticker = common.Ticker("embedding", "images", interval=1.0)
     ticker.update(0, 10)
     ticker.update(4, 10)
+    ticker.update(5, 10)  # within the interval: no line
     ticker.update(10, 10)
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == "embedding 4/10 images (2.0/s, eta 3s)"
-    assert err[1] == "embedding 10/10 images (2.5/s)"
+    assert err == ["embedding 4/10 images (2.0/s, eta 3s)", "embedding 10/10 images (2.5/s)"]
     assert common.duration(3725) == "1h02m" and common.duration(185) == "3m05s"
 
 

@@ -63,8 +63,8 @@ class Ticker:
         if self.start is None:
             self.start, self.first, self.last = now, done, now
             return
-        if now - self.last < self.interval and done < total:
-            return
+        if now - self.last < self.interval:
+            return  # (no forced last line: the stage says when it is done, or fails in one line)
         self.last = now
         rate = (done - self.first) / max(now - self.start, 1e-9)
         eta = f", eta {duration((total - done) / rate)}" if rate > 0 and done < total else ""
