@@ -373,3 +373,44 @@ def gmm_clean_posterior(
     resp = (log_p - torch.logsumexp(log_p, dim=1, keepdim=True)).exp()
     low = int(mu.argmin())
     return resp[:, low], {"means": mu.tolist(), "weights": w.tolist(), "iterations": it}
+
+
+# Confident learning (cleanlab), appended after the OT, zero-shot and GMM purifiers.
+CLEANLAB_FILTERS = (
+    "low_self_confidence",
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+    "low_normalized_margin",
+)
+
+
+@register("cleanlab", filter_by="low_self_confidence")
+def confident_learning(
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    labels: torch.Tensor,
+    logit_scale: float,
+    filter_by: str = "low_self_confidence",
+) -> PartitionResult:
+    """Confident learning (cleanlab) on the prototypes' probabilities; noisy ⇔ a label issue.
+
+    The default `low_self_confidence` flags cleanlab's `num_label_issues` estimate of samples,
+    those with the lowest p(given label); the score is that probability.
+    """
+    from cleanlab.count import num_label_issues
+    from cleanlab.filter import find_label_issues
+
+    if filter_by not in CLEANLAB_FILTERS:
+        raise UsageError(
+            f"unknown cleanlab filter {filter_by!r}: choose from {', '.join(CLEANLAB_FILTERS)}"
+        )
+    probs = class_logits(image_feats, text_feats, logit_scale).softmax(dim=-1)
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    y, p = labels.long().numpy(), probs.numpy()
+    issues = torch.from_numpy(find_label_issues(y, p, filter_by=filter_by)).bool()
+    scores = probs.gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    info = {"num_label_issues": int(num_label_issues(y, p))}
+    return PartitionResult(~issues, probs.argmax(dim=-1).long(), scores.float(), info=info)
