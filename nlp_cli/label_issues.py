@@ -27,6 +27,8 @@ import torch
 
 MIN_PER_CLASS = 5
 CHANCE_MARGIN = 0.1
+# p_k a sample needs to count as confidently k when no sample is labelled k.
+EMPTY_CLASS_THRESHOLD = 0.5
 
 
 @dataclass
@@ -63,11 +65,23 @@ def ranking(scores: torch.Tensor) -> torch.Tensor:
 
 
 def num_label_issues(probs: torch.Tensor, labels: torch.Tensor) -> int:
-    """cleanlab's estimate of how many given labels are wrong."""
+    """cleanlab's estimate of how many given labels are wrong.
+
+    A class that no sample is labelled with has no confident threshold (cleanlab's is the mean
+    p_k over the samples labelled k), so cleanlab counts nothing into it; there the threshold
+    is EMPTY_CLASS_THRESHOLD and the estimate comes from that confident joint.
+    """
+    import numpy as np
+    from cleanlab.count import compute_confident_joint, get_confident_thresholds
     from cleanlab.count import num_label_issues as count
 
     y, p = _for_cleanlab(probs, labels)
-    return int(count(y, p))
+    present = np.bincount(y, minlength=p.shape[1]) > 0
+    if present.all():
+        return int(count(y, p))
+    thresholds = np.where(present, get_confident_thresholds(y, p), EMPTY_CLASS_THRESHOLD)
+    joint = compute_confident_joint(y, p, thresholds=thresholds)
+    return int(count(y, p, confident_joint=joint, estimation_method="off_diagonal_custom"))
 
 
 def _for_cleanlab(probs: torch.Tensor, labels: torch.Tensor):

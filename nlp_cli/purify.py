@@ -397,20 +397,25 @@ def confident_learning(
 ) -> PartitionResult:
     """Confident learning (cleanlab) on the prototypes' probabilities; noisy ⇔ a label issue.
 
-    The default `low_self_confidence` flags cleanlab's `num_label_issues` estimate of samples,
-    those with the lowest p(given label); the score is that probability.
+    The default `low_self_confidence` flags as many samples as cleanlab's `num_label_issues`
+    estimates, those with the lowest p(given label); the score is that probability. Other
+    `filter_by` values are cleanlab's `find_label_issues` rules.
     """
-    from cleanlab.count import num_label_issues
-    from cleanlab.filter import find_label_issues
+    from nlp_cli import label_issues
 
     if filter_by not in CLEANLAB_FILTERS:
         raise UsageError(
             f"unknown cleanlab filter {filter_by!r}: choose from {', '.join(CLEANLAB_FILTERS)}"
         )
     probs = class_logits(image_feats, text_feats, logit_scale).softmax(dim=-1)
-    probs = probs / probs.sum(dim=-1, keepdim=True)
-    y, p = labels.long().numpy(), probs.numpy()
-    issues = torch.from_numpy(find_label_issues(y, p, filter_by=filter_by)).bool()
-    scores = probs.gather(1, labels.long().unsqueeze(1)).squeeze(1)
-    info = {"num_label_issues": int(num_label_issues(y, p))}
-    return PartitionResult(~issues, probs.argmax(dim=-1).long(), scores.float(), info=info)
+    scores = label_issues.self_confidence(probs, labels)
+    num = label_issues.num_label_issues(probs, labels)
+    if filter_by == "low_self_confidence":
+        clean = label_issues.ranking(scores) > num
+    else:
+        from cleanlab.filter import find_label_issues
+
+        p = (probs / probs.sum(dim=-1, keepdim=True)).numpy()
+        clean = ~torch.from_numpy(find_label_issues(labels.long().numpy(), p, filter_by=filter_by))
+    info = {"num_label_issues": num, "filter_by": filter_by}
+    return PartitionResult(clean.bool(), probs.argmax(dim=-1).long(), scores.float(), info=info)

@@ -241,3 +241,18 @@ def test_label_issues_on_a_csv_of_real_images(cli, tmp_path):
     assert {r["split"] for r in rows} == {"train", "test"}
     # the tiny CLIP is not real CLIP: it does not know satellite images, and says so
     assert "warning" in r.stderr.lower()
+
+
+def test_purify_report_keeps_its_columns_and_warns_at_chance(cli, world, tmp_path, tiny_clip):
+    folder, _ = user_folder(world, tmp_path / "my_photos")
+    feats = cli("embed", folder, "--model", tiny_clip).stdout.strip()
+    labels = cli("corrupt", feats).stdout.strip()
+    report = tmp_path / "suspects.csv"
+    r = cli("purify", labels, "--report", report, "--method", "cleanlab", "--json")
+    assert r.code == 0, r.stderr
+    rows = _read(report)
+    assert list(rows[0])[:5] == ["path", "given_label", "suggested_label", "score", "index"]
+    assert {"split", "rank"} <= set(rows[0]) and {r["split"] for r in rows} == {"train"}
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert "near_chance" in r.stderr and "training split only" in r.stderr
+    assert len(rows) == json.loads(r.stdout)["num_label_issues"]
