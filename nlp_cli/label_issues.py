@@ -11,10 +11,11 @@ The warnings say when such a report cannot be trusted, whatever it ranks:
   than guessing would (agreement < 1/C + max(0.1·(1 − 1/C), 3σ), σ = √(p0(1 − p0)/N),
   p0 = 1/C) — its disagreements are not evidence against a label;
 * `not_separable`: the same rule for leave-one-out nearest-class-mean on the features
-  (cosine), i.e. the features themselves do not tell the classes apart as labelled;
+  (cosine) of the samples the report does not flag (all of them when fewer than 2·C remain):
+  the features themselves do not tell the classes apart;
 * `too_few`: a class has fewer than `MIN_PER_CLASS` samples, too few for its threshold;
-* `most_wrong`: the estimate says at least half the labels are wrong, which is far more often
-  a model that does not know the classes than data that bad.
+* `most_wrong`: the estimate says at least half the labels are wrong: true of a benchmark at
+  50 % noise, but a model that does not know the classes gives the same picture.
 """
 
 from __future__ import annotations
@@ -156,13 +157,16 @@ def find_label_issues(
             "suspects are guesses (try a trained prompt with --prompt, or another --model)"
         )
     if features is not None and n:
-        separable = nearest_mean_agreement(features, labels, c)
+        # Measured on the labels the report keeps, so that many wrong labels alone do not
+        # make well-separated features look inseparable.
+        kept = ~flagged if int((~flagged).sum()) >= 2 * c else torch.ones_like(flagged)
+        separable = nearest_mean_agreement(features[kept], labels[kept], c)
         stats["nearest_mean_agreement"] = separable
         if near_chance(separable, c, n):
             warnings.append(
                 f"not_separable: with these features a nearest-class-mean classifier "
-                f"matches only {separable:.1%} of the labels (chance {1 / c:.1%}); the "
-                "classes are not separable as labelled"
+                f"matches only {separable:.1%} of the labels it keeps (chance {1 / c:.1%}); "
+                "the features do not tell the classes apart"
             )
     few = [(names[k], int(counts[k])) for k in range(c) if counts[k] < MIN_PER_CLASS]
     if few:
@@ -174,6 +178,7 @@ def find_label_issues(
     if n and num >= n / 2:
         warnings.append(
             f"most_wrong: the estimate says {num} of {n} labels ({num / n:.0%}) are wrong; "
-            "more likely the model does not fit this data than the labels are that bad"
+            "look at a few suspects before trusting it: a model that does not know the "
+            "classes gives the same picture as labels that bad"
         )
     return LabelIssues(score, suggested, flagged, rank, num, warnings, stats)

@@ -142,8 +142,13 @@ def make_partition(
         artifacts.check_output(report, [path, target, opts.prompt], what="--report")
     if report is None and artifacts.cached(target, key, "partition"):
         meta = artifacts.read_meta(target)
-        summary = {"method": opts.method, "detection": meta.get("detection")}
-        return StageResult(target, summary, cache_hit=True)
+        trust = meta.get("label_issues") or {}
+        summary = {
+            "method": opts.method,
+            "detection": meta.get("detection"),
+            "num_label_issues": trust.get("num_label_issues"),
+        }
+        return StageResult(target, summary, cache_hit=True, warnings=trust.get("warnings", []))
 
     result = StageResult(target)
     loaded = clip_model.load_for(
@@ -205,6 +210,7 @@ def make_partition(
         "method": spec.name,
         "purifier": {"name": spec.name, **verdict.info.get("options", {}), **info},
         "detection": det,
+        "label_issues": {"num_label_issues": trust.num_issues, "warnings": trust.warnings},
         "key": key,
     }
     if opts.prompt is not None:
