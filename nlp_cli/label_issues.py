@@ -91,6 +91,34 @@ def _for_cleanlab(probs: torch.Tensor, labels: torch.Tensor):
     return labels.long().numpy(), p.numpy()
 
 
+def probe_probabilities(
+    features: torch.Tensor, labels: torch.Tensor, n_classes: int, folds: int = 5, seed: int = 0
+) -> torch.Tensor:
+    """Out-of-fold probabilities [N, C] of a logistic regression on the normalised features.
+
+    cleanlab's recipe: every sample is scored by a classifier that did not see its label.
+    Folds are stratified, at most `folds` and at most the smallest class's count (≥ 2).
+    """
+    import warnings
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    x = features.double()
+    x = (x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+    y = labels.long().numpy()
+    counts = np.bincount(y, minlength=n_classes)
+    k = int(max(2, min(folds, counts[counts > 0].min())))
+    out = np.zeros((len(y), n_classes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for train, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y):
+            model = LogisticRegression(C=10.0, max_iter=2000).fit(x[train], y[train])
+            out[np.ix_(held, model.classes_)] = model.predict_proba(x[held])
+    return torch.from_numpy(out)
+
+
 def near_chance(agreement: float, n_classes: int, n: int) -> bool:
     """Whether an agreement rate with the given labels is within reach of guessing."""
     p0 = 1.0 / max(n_classes, 1)
@@ -154,7 +182,8 @@ def find_label_issues(
         warnings.append(
             f"near_chance: the model's predictions agree with {agreement:.1%} of the labels, "
             f"close to chance ({1 / c:.1%}); it does not know these classes, so its "
-            "suspects are guesses (try a trained prompt with --prompt, or another --model)"
+            "suspects are guesses (try --probs probe, a trained prompt with --prompt, or "
+            "another --model)"
         )
     if features is not None and n:
         # Measured on the labels the report keeps, so that many wrong labels alone do not

@@ -256,3 +256,27 @@ def test_purify_report_keeps_its_columns_and_warns_at_chance(cli, world, tmp_pat
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     assert "near_chance" in r.stderr and "training split only" in r.stderr
     assert len(rows) == json.loads(r.stdout)["num_label_issues"]
+
+
+def test_probe_probabilities_find_the_planted_errors_without_clip_text(cli, world, tmp_path):
+    folder, planted = user_folder(world, tmp_path / "my_photos")
+    feats = cli("embed", folder, "--model", "tiny-shapes").stdout.strip()
+    out = tmp_path / "probe.csv"
+    r = cli("label-issues", feats, "--probs", "probe", "--out", out, "--json")
+    assert r.code == 0, r.stderr
+    rows = _read(out)
+    top = {Path(r["path"]).relative_to(folder).as_posix() for r in rows[: 2 * len(planted)]}
+    assert planted <= top
+    assert json.loads(r.stdout)["probs"] == "probe"
+    bad = cli("label-issues", feats, "--probs", "probe", "--method", "ot")
+    assert bad.code == 2 and "--probs probe" in bad.stderr
+
+
+def test_probe_is_out_of_fold():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 8, generator=g)
+    y = torch.arange(3).repeat(20)
+    p = cl.probe_probabilities(x, y, 3)
+    assert p.shape == (60, 3) and torch.allclose(p.sum(dim=1), torch.ones(60, dtype=p.dtype))
+    # pure noise features: a probe that saw each sample's own label would fit it
+    assert float(cl.self_confidence(p, y).mean()) < 0.6

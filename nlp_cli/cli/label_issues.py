@@ -25,6 +25,12 @@ def register(app: typer.Typer) -> None:
             "--method",
             help="Scores that rank the images: cleanlab (p of the given label), ot, zeroshot, gmm.",
         ),
+        probs: str = typer.Option(
+            "zeroshot",
+            "--probs",
+            help="Probabilities: zeroshot (CLIP with the hand prompt or --prompt) or probe "
+            "(out-of-fold logistic regression on the features, cleanlab's recipe).",
+        ),
         prompt: Path | None = typer.Option(
             None, "--prompt", help="A trained prompt's probabilities (default: the hand prompt)."
         ),
@@ -55,6 +61,7 @@ def register(app: typer.Typer) -> None:
         device, precision = resolve_run(device, precision)
         opts = LabelIssueOptions(
             method=method,
+            probs=probs,
             prompt=prompt,
             model=model,
             device=device,

@@ -35,6 +35,7 @@ COLUMNS = [
     "index",
 ]
 SHEET_SIZE = 36
+PROBS = ("zeroshot", "probe")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class LabelIssueOptions:
     """Which probabilities, which scores, which splits."""
 
     method: str = "cleanlab"  # the purifier whose scores rank the images
+    probs: str = "zeroshot"  # zeroshot: CLIP's (hand prompt or `prompt`); probe: a linear probe
     prompt: Path | None = None  # a trained prompt's probabilities instead of the hand prompt's
     model: str | None = None
     device: str = "cpu"
@@ -53,6 +55,10 @@ class LabelIssueOptions:
     def validate(self) -> None:
         """One UsageError line for a wrong option."""
         purifiers.get(self.method)
+        if self.probs not in PROBS:
+            raise UsageError(f"--probs takes {' or '.join(PROBS)}, got {self.probs!r}")
+        if self.probs == "probe" and (self.method != "cleanlab" or self.prompt is not None):
+            raise UsageError("--probs probe goes with --method cleanlab and no --prompt")
         bad = [s for s in self.splits if s not in SPLITS]
         if bad or not self.splits:
             raise UsageError(f"--splits takes some of {', '.join(SPLITS)}, got {bad or 'none'}")
@@ -160,7 +166,9 @@ def find_label_issues(
     if opts.prompt is not None:
         upstream["prompt"] = artifacts.file_digest(opts.prompt)
     key = artifacts.cache_key(
-        "label-issues", upstream, {"method": opts.method, "splits": list(opts.splits)}
+        "label-issues",
+        upstream,
+        {"method": opts.method, "probs": opts.probs, "splits": list(opts.splits)},
     )
     target = (
         Path(out)
@@ -171,12 +179,15 @@ def find_label_issues(
         artifacts.check_output(p, [path, opts.prompt], what=what)
 
     feats, _, pool = _pool(path, opts.splits)
-    loaded = clip_model.load_for(
-        feats.meta, override=opts.model, device=opts.device, precision=opts.precision
-    )
-    text = text_prototypes(feats, loaded, opts.prompt, opts.template).float().cpu()
-    probs = purifiers.class_logits(pool.features, text, loaded.logit_scale).softmax(dim=-1)
     scores = None
+    if opts.probs == "probe":
+        probs = cl.probe_probabilities(pool.features, pool.labels, len(feats.classnames))
+    else:
+        loaded = clip_model.load_for(
+            feats.meta, override=opts.model, device=opts.device, precision=opts.precision
+        )
+        text = text_prototypes(feats, loaded, opts.prompt, opts.template).float().cpu()
+        probs = purifiers.class_logits(pool.features, text, loaded.logit_scale).softmax(dim=-1)
     if opts.method != "cleanlab":
         verdict = purifiers.purify(
             opts.method, pool.features, text, pool.labels, loaded.logit_scale
@@ -203,6 +214,7 @@ def find_label_issues(
     )
     summary: dict[str, Any] = {
         "method": opts.method,
+        "probs": opts.probs,
         "num_label_issues": issues.num_issues,
         "noise_rate": issues.noise_rate,
         "n": n,
