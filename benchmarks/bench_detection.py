@@ -9,10 +9,11 @@ Worlds: `shapes` (the offline world, `nlp download shapes`, embedded with `tiny-
 `eurosat` (the real mini EuroSAT of ../shared/data/mini, embedded as a CoOp dataset with
 `--root`, with the same tiny CLIP, skipped when absent). Each noise setting corrupts the
 training labels (`nlp corrupt`, seed 1) and runs every registered purifier with the hand
-prompt (`nlp purify --method NAME`). Positive = the label is wrong; AUROC ranks by
-1 − score, the estimated probability that the label is wrong. `est` is confident learning's
-estimate of the number of wrong labels (`num_label_issues`), `wrong` the true number,
-`warnings` the trust checks that fired (nlp_cli/label_issues.py).
+prompt (`nlp purify --method NAME`), then `nlp label-issues --probs probe --splits train`
+(cleanlab on an out-of-fold linear probe of the features). Positive = the label is wrong;
+AUROC ranks by 1 − score, the estimated probability that the label is wrong. `est` is
+confident learning's estimate of the number of wrong labels (`num_label_issues`), `wrong` the
+true number, `warnings` the trust checks that fired (nlp_cli/label_issues.py).
 Prints a Markdown table on stdout.
 """
 
@@ -55,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(purify.list_purifiers()))
     args = parser.parse_args(argv)
     os.environ.setdefault("NLP_HOME", tempfile.mkdtemp(prefix="nlp-bench-"))
-    print(
-        "| world | noise | method | precision | recall | F1 | AUROC | flagged | est | wrong | warnings |"
-    )
+    head = "world | noise | method | precision | recall | F1 | AUROC | flagged | est | wrong"
+    print(f"| {head} | warnings |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for world in args.worlds.split(","):
         feats = features(world)
@@ -80,6 +80,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {det['n_flagged']} | {est} | {det['n_noisy']} | {warned} |",
                     flush=True,
                 )
+            # `nlp label-issues --probs probe --splits train`: cleanlab on a linear probe's
+            # out-of-fold probabilities instead of CLIP's text prototypes.
+            opts = stages.LabelIssueOptions(probs="probe", splits=("train",))
+            out = Path(os.environ["NLP_HOME"]) / f"probe-{world}-{kind}-{rate}.csv"
+            res = stages.find_label_issues(labels, opts, out)
+            det = res.summary["detection"]
+            warned = ", ".join(res.summary["warnings"]) or "–"
+            print(
+                f"| {world} | {kind} {float(rate):.0%} | cleanlab, probe | "
+                f"{fmt(det['precision'])} | {fmt(det['recall'])} | {fmt(det['f1'])} "
+                f"| {fmt(det['auroc'])} | {det['n_flagged']} | {res.summary['num_label_issues']} "
+                f"| {det['n_noisy']} | {warned} |",
+                flush=True,
+            )
     return 0
 
 
