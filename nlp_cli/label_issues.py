@@ -182,8 +182,8 @@ def find_label_issues(
         warnings.append(
             f"near_chance: the model's predictions agree with {agreement:.1%} of the labels, "
             f"close to chance ({1 / c:.1%}); it does not know these classes, so its "
-            "suspects are guesses (try --probs probe, a trained prompt with --prompt, or "
-            "another --model)"
+            "suspects are guesses (try a linear probe, `nlp label-issues --probs probe`, a "
+            "trained prompt with --prompt, or another --model)"
         )
     if features is not None and n:
         # Measured on the labels the report keeps, so that many wrong labels alone do not
@@ -208,6 +208,7 @@ def find_label_issues(
         warnings.append(
             f"most_wrong: the estimate says {num} of {n} labels ({num / n:.0%}) are wrong; "
             "look at a few suspects before trusting it: a model that does not know the "
-            "classes gives the same picture as labels that bad"
+            "classes gives the same picture as labels that bad (a linear probe, "
+            "`nlp label-issues --probs probe`, needs no class names)"
         )
     return LabelIssues(score, suggested, flagged, rank, num, warnings, stats)

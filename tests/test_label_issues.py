@@ -280,3 +280,11 @@ def test_probe_is_out_of_fold():
     assert p.shape == (60, 3) and torch.allclose(p.sum(dim=1), torch.ones(60, dtype=p.dtype))
     # pure noise features: a probe that saw each sample's own label would fit it
     assert float(cl.self_confidence(p, y).mean()) < 0.6
+
+
+def test_label_issues_never_writes_over_its_input(cli, features, tmp_path):
+    before = features.read_bytes()
+    for flag in ("--out", "--sheet", "--html"):
+        r = cli("label-issues", features, flag, features)
+        assert r.code == 2 and flag in r.stderr and "destroy the input" in r.stderr
+    assert features.read_bytes() == before
