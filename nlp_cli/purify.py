@@ -553,3 +553,49 @@ def gmm_clean_posterior(
     resp = (log_p - torch.logsumexp(log_p, dim=1, keepdim=True)).exp()
     low = int(mu.argmin())
     return resp[:, low], {"means": mu.tolist(), "weights": w.tolist(), "iterations": it}
+
+
+# Confident learning (cleanlab), appended after the OT, zero-shot and GMM purifiers.
+CLEANLAB_FILTERS = (
+    "low_self_confidence",
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+    "low_normalized_margin",
+)
+
+
+@register("cleanlab", filter_by="low_self_confidence")
+def confident_learning(
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    labels: torch.Tensor,
+    logit_scale: float,
+    filter_by: str = "low_self_confidence",
+) -> PartitionResult:
+    """Confident learning (cleanlab) on the prototypes' probabilities; noisy ⇔ a label issue.
+
+    The default `low_self_confidence` flags as many samples as cleanlab's `num_label_issues`
+    estimates, those with the lowest p(given label); the score is that probability. Other
+    `filter_by` values are cleanlab's `find_label_issues` rules.
+    """
+    from nlp_cli import label_issues
+
+    if filter_by not in CLEANLAB_FILTERS:
+        raise UsageError(
+            f"unknown cleanlab filter {filter_by!r}: choose from {', '.join(CLEANLAB_FILTERS)}"
+        )
+    probs = class_logits(image_feats, text_feats, logit_scale).softmax(dim=-1)
+    scores = label_issues.self_confidence(probs, labels)
+    num = label_issues.num_label_issues(probs, labels)
+    if filter_by == "low_self_confidence":
+        clean = label_issues.ranking(scores) > num
+    else:
+        from cleanlab.filter import find_label_issues
+
+        p = (probs / probs.sum(dim=-1, keepdim=True)).numpy()
+        clean = ~torch.from_numpy(find_label_issues(labels.long().numpy(), p, filter_by=filter_by))
+    info = {"num_label_issues": num, "filter_by": filter_by}
+    return PartitionResult(clean.bool(), probs.argmax(dim=-1).long(), scores.float(), info=info)

@@ -22,6 +22,8 @@ LAYERS = [
         "nlp_cli.purify",
         "nlp_cli.metrics",
         "nlp_cli.detection",
+        "nlp_cli.label_issues",
+        "nlp_cli.contact_sheet",
         "nlp_cli.joapr",
         "nlp_cli.schedule",
         "nlp_cli.templates",

@@ -25,6 +25,7 @@ STAGE_ORDER = [
     "train",
     "eval",
     "predict",
+    "label_issues",
     "analyze_grad",
 ]
 

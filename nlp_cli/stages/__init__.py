@@ -14,6 +14,7 @@ the CLI (`nlp_cli.cli`) and the sweep (`nlp_cli.sweep`) are two front ends over 
 from nlp_cli.stages.analyze import AnalyzeOptions, analyze_gradients
 from nlp_cli.stages.corrupt import CorruptOptions, make_labelset
 from nlp_cli.stages.evaluate import evaluate
+from nlp_cli.stages.label_issues import LabelIssueOptions, find_label_issues
 from nlp_cli.stages.predict import PredictOptions, predict
 from nlp_cli.stages.prepare import download, embed
 from nlp_cli.stages.purify import PurifyOptions, make_partition
@@ -23,6 +24,7 @@ from nlp_cli.stages.train import TrainOptions, train_prompts
 __all__ = [
     "AnalyzeOptions",
     "CorruptOptions",
+    "LabelIssueOptions",
     "PredictOptions",
     "PurifyOptions",
     "StageResult",
@@ -31,6 +33,7 @@ __all__ = [
     "download",
     "embed",
     "evaluate",
+    "find_label_issues",
     "make_labelset",
     "make_partition",
     "predict",

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from nlp_cli import artifacts, detection
+from nlp_cli import label_issues as cl
 from nlp_cli import purify as purifiers
 from nlp_cli.data import LABEL_KINDS, load_data
 from nlp_cli.errors import UsageError
 from nlp_cli.stages.result import StageResult
 
 LABELSET_TENSORS = ("labels", "true_labels", "index", "transition")
-REPORT_FIELDS = ["path", "given_label", "suggested_label", "score", "index"]
+# The first five are what scripts read; split and rank came with `nlp label-issues`.
+REPORT_FIELDS = ["path", "given_label", "suggested_label", "score", "index", "split", "rank"]
 
 
 @dataclass
@@ -81,7 +83,7 @@ def report_rows(
     flagged = (~result.clean).nonzero().flatten().tolist()
     flagged.sort(key=lambda i: (float(result.scores[i]), i))
     rows = []
-    for i in flagged:
+    for rank, i in enumerate(flagged, start=1):
         row = int(index[i])
         rel = paths[row] if row < len(paths) else ""
         rows.append(
@@ -91,6 +93,8 @@ def report_rows(
                 "suggested_label": classnames[int(result.pseudo_labels[i])],
                 "score": f"{float(result.scores[i]):.6g}",
                 "index": row,
+                "split": "train",
+                "rank": rank,
             }
         )
     return rows
@@ -138,8 +142,13 @@ def make_partition(
         artifacts.check_output(report, [path, target, opts.prompt], what="--report")
     if report is None and artifacts.cached(target, key, "partition"):
         meta = artifacts.read_meta(target)
-        summary = {"method": opts.method, "detection": meta.get("detection")}
-        return StageResult(target, summary, cache_hit=True)
+        trust = meta.get("label_issues") or {}
+        summary = {
+            "method": opts.method,
+            "detection": meta.get("detection"),
+            "num_label_issues": trust.get("num_label_issues"),
+        }
+        return StageResult(target, summary, cache_hit=True, warnings=trust.get("warnings", []))
 
     result = StageResult(target)
     loaded = clip_model.load_for(
@@ -161,6 +170,15 @@ def make_partition(
             f"(marginal error {verdict.info['marginal_error']:.2g})"
         )
     det = detection.detection_metrics(verdict.clean, verdict.scores, given, true)
+    probs = purifiers.class_logits(
+        data.train_features.float(), text.float().cpu(), loaded.logit_scale
+    )
+    trust = cl.find_label_issues(probs.softmax(dim=-1), given, data.train_features.float())
+    result.warnings += trust.warnings
+    result.notes.append(
+        f"confident learning estimates {trust.num_issues} wrong labels of {len(given)} "
+        f"(noise rate {trust.noise_rate:.1%})"
+    )
     result.notes.append(
         f"{opts.method}: {det['n_flagged']} of {len(given)} labels flagged as noisy"
     )
@@ -176,7 +194,10 @@ def make_partition(
             verdict, given, data.index, feats.classnames, paths, feats.meta.get("root") or ""
         )
         write_report(Path(report), rows)
-        result.notes.append(f"report: {report} ({len(rows)} suspected wrong labels)")
+        result.notes.append(
+            f"report: {report} ({len(rows)} suspected wrong labels, training split only; "
+            "`nlp label-issues` checks every split)"
+        )
 
     info = {k: v for k, v in verdict.info.items() if k not in ("method", "options")}
     meta = {
@@ -189,6 +210,7 @@ def make_partition(
         "method": spec.name,
         "purifier": {"name": spec.name, **verdict.info.get("options", {}), **info},
         "detection": det,
+        "label_issues": {"num_label_issues": trust.num_issues, "warnings": trust.warnings},
         "key": key,
     }
     if opts.prompt is not None:
@@ -200,7 +222,12 @@ def make_partition(
         scores=verdict.scores.float(),
     )
     artifacts.save(target, "partition", tensors, meta)
-    result.summary = {"method": spec.name, "detection": det, "purifier": info}
+    result.summary = {
+        "method": spec.name,
+        "detection": det,
+        "purifier": info,
+        "num_label_issues": trust.num_issues,
+    }
     return result
 
 
