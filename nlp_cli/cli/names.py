@@ -8,4 +8,4 @@ LOSSES = (
     "ce", "mae", "gce", "dsoftmax", "ls", "logitnorm", "logitclip", "nce", "bootstrap",
     "bootstrap-hard", "logitclip-code", "square", "select", "nlprompt",
 )  # fmt: skip
-PURIFIERS = ("ot", "zeroshot", "gmm")
+PURIFIERS = ("ot", "zeroshot", "gmm", "cleanlab")
