@@ -12,7 +12,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,8 +135,9 @@ def _file_mode(target: Path) -> int:
 
 
 @contextlib.contextmanager
-def locked(path: Path | str) -> Iterator[None]:
-    """Hold an exclusive lock on the lock file `path` (created, and removed on release)."""
+def locked(path: Path | str, on_wait: Callable[[Path], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the lock file `path` (created, and removed on release);
+    `on_wait(path)` hears once that another process holds it and this one waits."""
     import fcntl
 
     path = Path(path)
@@ -146,7 +147,13 @@ def locked(path: Path | str) -> Iterator[None]:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise ArtifactError(f"cannot write to {path.parent}: {e.strerror or e}") from e
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(path)
+                on_wait = None
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             # The holder before us may have removed the file: then lock the new one.
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -421,6 +428,15 @@ def check_tensors(
                 f"{path}: {name} holds label {int(outside[0])} outside 0..{n_cls - 1} "
                 f"(it has {n_cls} classes)"
             )
+    if kind == "features":
+        for name in [n for n in tensors if n.endswith(".features")]:
+            split = name.removesuffix(".features")
+            labels = tensors.get(f"{split}.labels")
+            if labels is not None and len(labels) != len(tensors[name]):
+                raise ArtifactError(
+                    f"{path}: {split} has {len(tensors[name])} feature rows but "
+                    f"{len(labels)} labels (re-create it with `nlp embed`)"
+                )
     if kind in ("labelset", "partition"):
         sizes = {n: len(tensors[n]) for n in REQUIRED_TENSORS[kind]}
         if len(set(sizes.values())) > 1:

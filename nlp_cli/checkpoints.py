@@ -14,8 +14,15 @@ from nlp_cli.prompt import learner_from_artifact
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a resumable checkpoint atomically."""
-    with artifacts.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with artifacts.atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as e:
+        # a full disk surfaces from torch's zip writer as a RuntimeError (inline_container.cc)
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][-120:]
+        raise ArtifactError(
+            f"cannot write the checkpoint {path}: {reason} (is the disk full?)"
+        ) from e
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

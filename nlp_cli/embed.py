@@ -384,8 +384,10 @@ def embed(
     out: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_shard: Callable[[], None] | None = None,
+    on_wait: Callable[[Path], None] | None = None,
 ) -> EmbedResult | None:
-    """Encode `ds` with CLIP `model` into a features artifact; None on ranks other than 0."""
+    """Encode `ds` with CLIP `model` into a features artifact; None on ranks other than 0.
+    `on_wait(lock)` hears when another process embeds the same dataset and this one waits."""
     from nlp_cli import clip_model
 
     opts = opts or EmbedOptions()
@@ -406,7 +408,7 @@ def embed(
         return _found(out) if rank == 0 else None
     # Ranks of one torchrun job share the work through the barrier; only rank 0 locks.
     lock = out.parent / f".{out.name}.lock"
-    with artifacts.locked(lock) if rank == 0 else contextlib.nullcontext():
+    with artifacts.locked(lock, on_wait) if rank == 0 else contextlib.nullcontext():
         if world == 1 and artifacts.cached(out, key, "features"):
             return _found(out)
         return _encode_and_merge(ds, loaded, opts, out, key, options, on_progress, on_shard)

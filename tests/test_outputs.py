@@ -434,3 +434,104 @@ def test_a_non_finite_init_context_is_refused(cli, features, tmp_path):
     torch.save({"state_dict": {"ctx": torch.full((16, 32), float("nan"))}, "epoch": 1}, bad)
     r = cli("train", features, "--epochs", "1", "--init-from", bad)
     assert r.code == 1 and "NaN" in r.stderr
+
+
+def test_generic_faults_are_one_clear_line(cli, tiny_clip, tmp_path, monkeypatch):
+    import json as _json
+
+    from conftest import make_image_folder
+
+    # a one-class folder
+    one = tmp_path / "one" / "train" / "only"
+    one.mkdir(parents=True)
+    from PIL import Image
+
+    for i in range(6):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(one / f"{i}.png")
+    r = cli("embed", tmp_path / "one", "--model", tiny_clip)
+    assert r.code == 1 and "needs at least 2" in r.stderr and r.stderr.count("\n") == 1
+    # a CSV with a byte-order mark and a header row
+    imgs = make_image_folder(tmp_path / "imgs")
+    rows = ["path,label,split"] + [
+        f"{p.relative_to(imgs).as_posix()},{p.parent.name},{p.parts[-3]}"
+        for p in sorted(imgs.rglob("*.png"))
+    ]
+    csv_path = imgs / "list.csv"
+    csv_path.write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")
+    r = cli("embed", csv_path, "--model", tiny_clip, "--json")
+    assert r.code == 0, r.stderr
+    assert _json.loads(r.stdout)["counts"]["train"] == 18
+    # a listed image that does not exist: found before the model loads
+    bad_csv = imgs / "bad.csv"
+    bad_csv.write_text("\n".join([*rows, "train/class0/gone.png,class0,train"]) + "\n")
+    r = cli("embed", bad_csv, "--model", tiny_clip)
+    assert r.code == 1 and "do not exist" in r.stderr
+    # a split file that is a list
+    coop = tmp_path / "coop"
+    (coop / "images").mkdir(parents=True)
+    (coop / "split_zhou_X.json").write_text("[1, 2, 3]")
+    from nlp_cli.datasets.splits import read_split_file
+    from nlp_cli.errors import NlpError
+
+    with pytest.raises(NlpError, match="holds a list"):
+        read_split_file(coop / "split_zhou_X.json")
+
+
+def test_features_with_lengths_that_differ_are_refused(features, tmp_path):
+    from nlp_cli import artifacts
+    from nlp_cli.errors import ArtifactError
+
+    art = artifacts.load(features, "features")
+    tensors = dict(art.tensors)
+    tensors["train.labels"] = tensors["train.labels"][:-1]
+    bad = tmp_path / "bad.safetensors"
+    artifacts.save(
+        bad,
+        "features",
+        tensors,
+        {k: v for k, v in art.meta.items() if k not in ("kind", "schema", "nlp_version")},
+    )
+    with pytest.raises(ArtifactError, match="feature rows but"):
+        artifacts.load(bad, "features")
+
+
+def test_disk_full_in_a_checkpoint_is_one_line(tmp_path, monkeypatch):
+    import torch
+
+    from nlp_cli import checkpoints
+    from nlp_cli.errors import ArtifactError
+
+    def full(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0\n"
+            "PytorchStreamWriter failed writing file data/0: file write failed"
+        )
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ArtifactError, match="disk full") as info:
+        checkpoints.save_checkpoint(tmp_path / "p.ckpt", {"x": 1})
+    assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
+
+
+def test_a_held_lock_says_it_waits(tmp_path):
+    import threading
+    import time
+
+    from nlp_cli import artifacts
+
+    lock = tmp_path / ".x.lock"
+    heard: list = []
+    entered = threading.Event()
+
+    def holder():
+        with artifacts.locked(lock):
+            entered.set()
+            time.sleep(0.5)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    entered.wait(5)
+    with artifacts.locked(lock, on_wait=heard.append):
+        pass
+    t.join()
+    assert heard == [lock]

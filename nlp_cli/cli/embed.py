@@ -89,7 +89,16 @@ def register(app: typer.Typer) -> None:
         try:
             with _Bar() as bar:
                 result = run_embed(
-                    dataset, model, opts, root, out, on_progress=bar.update, on_shard=test_pause
+                    dataset,
+                    model,
+                    opts,
+                    root,
+                    out,
+                    on_progress=bar.update,
+                    on_shard=test_pause,
+                    on_wait=lambda lock: output.info(
+                        f"waiting for the lock {lock}: another process is embedding this dataset"
+                    ),
                 )
         finally:
             if joined:

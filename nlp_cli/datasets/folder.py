@@ -67,7 +67,9 @@ def load_csv(path: Path, seed: int = 1) -> Dataset:
     """Rows `path,label[,split]` (a header row is optional); labels are class names or ids."""
     path = Path(path)
     try:
-        rows = [r for r in csv.reader(path.read_text().splitlines()) if r and any(r)]
+        # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")
+        rows = [r for r in csv.reader(text.splitlines()) if r and any(r)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UsageError(f"{path} is not a readable CSV ({e})") from e
     if rows and rows[0][0].strip().lower() in ("path", "image", "file", "filename"):

@@ -75,6 +75,7 @@ def to_dataset(name: str, root: Path, items: Split, notes: list[str]) -> Dataset
                 raise NlpError(f"{name}: label {label} has two class names in the split")
     if sorted(names) != list(range(len(names))):
         raise NlpError(f"{name}: labels are not 0..{len(names) - 1}")
+
     in_train = {int(y) for _, y, _ in items.get("train", [])}
     absent = [names[i] for i in sorted(names) if i not in in_train]
     if absent and items.get("train"):
@@ -97,6 +98,11 @@ def read_split_file(path: Path) -> Split:
     """Read a CoOp split file `{"train"|"val"|"test": [[path, label, classname], ...]}`."""
     try:
         data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise NlpError(
+                f"{path} is not a CoOp split file: it holds a {type(data).__name__}, not a "
+                'mapping {"train": [[path, label, classname], …], "val": …, "test": …}'
+            )
         return {
             s: [(str(p), int(y), str(c)) for p, y, c in data.get(s, [])]
             for s in ("train", "val", "test")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from nlp_cli.errors import NlpError
 from nlp_cli.stages.result import StageResult
 
 
@@ -43,6 +44,7 @@ def embed(
     out: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_shard: Callable[[], None] | None = None,
+    on_wait: Callable[[Path], None] | None = None,
 ) -> StageResult:
     """Encode a dataset (catalog name, folder or CSV) with CLIP's image encoder, once.
 
@@ -56,7 +58,20 @@ def embed(
     source = Path(dataset)
     artifacts.check_output(out, [source] if source.is_file() else [])
     ds = datasets.load(dataset, root)
-    done = run_embed(ds, model, opts, out, on_progress=on_progress, on_shard=on_shard)
+    if len(ds.classnames) < 2:
+        raise NlpError(
+            f"{ds.name} has {len(ds.classnames)} class{'' if len(ds.classnames) == 1 else 'es'}: "
+            "classifying needs at least 2 (one sub-folder, or one CSV label, per class)"
+        )
+    missing = [p for s in ds.splits() for p in ds.paths[s] if not (ds.root / p).is_file()]
+    if missing and not opts.skip_bad:
+        raise NlpError(
+            f"{ds.name}: {len(missing)} listed image(s) do not exist, e.g. {ds.root / missing[0]} "
+            "(pass --skip-bad to leave them out)"
+        )
+    done = run_embed(
+        ds, model, opts, out, on_progress=on_progress, on_shard=on_shard, on_wait=on_wait
+    )
     if done is None:
         return StageResult(None, {}, warnings=list(ds.notes))
     warnings = list(ds.notes)
