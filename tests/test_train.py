@@ -309,3 +309,15 @@ def test_cli_nlprompt_purifies_a_label_set_first(cli, labelset, tmp_path):
         "train", labelset, "--loss", "nlprompt", "--epochs", "1", "--n-ctx", "4", "--out", out
     )
     assert again.code == 0 and "cache hit" in again.stderr
+
+
+def test_a_collapse_to_chance_is_warned_with_its_epoch():
+    from nlp_cli.stages.train import collapse
+
+    rising = [{"epoch": e, "test_acc": a} for e, a in enumerate([0.2, 0.5, 0.7, 0.72], 1)]
+    assert collapse(rising, 10) is None
+    fallen = [*rising, {"epoch": 5, "test_acc": 0.11}, {"epoch": 6, "test_acc": 0.1}]
+    line = collapse(fallen, 10)
+    assert "epoch 5" in line and "72.0% in epoch 4" in line and "chance 10.0%" in line
+    never_up = [{"epoch": e, "test_acc": 0.1} for e in range(1, 5)]
+    assert collapse(never_up, 10) is None  # at chance throughout: nothing collapsed
