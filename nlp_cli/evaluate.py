@@ -66,8 +66,27 @@ def evaluate(
         text = text.to(device)
         x = feats.tensors[key].to(device).float()
         x = x / x.norm(dim=-1, keepdim=True)
-        pred = (x @ text.T).argmax(dim=1).cpu()
-    result = metrics.summary(pred, feats.tensors[f"{split}.labels"].long(), feats.classnames)
+        scores = x @ text.T
+        pred = scores.argmax(dim=1).cpu()
+        top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices.cpu()
+    target = feats.tensors[f"{split}.labels"].long()
+    result = metrics.summary(pred, target, feats.classnames)
+    acc5 = float((top5 == target[:, None]).any(dim=1).float().mean()) if len(target) else 0.0
+    result["acc5"] = acc5
+    # CLIP_benchmark's layout beside nlp's own keys: a `metrics` object, dataset, model, task
+    result["metrics"] = {
+        "acc1": result["acc1"],
+        "acc5": acc5,
+        "mean_per_class_recall": result["mean_per_class_recall"],
+    }
+    result["dataset"] = feats.meta.get("dataset")
+    result["model"] = (feats.meta.get("model") or {}).get("name")
+    if untrained is not None:
+        result["task"] = "untrained_prompt_classification"
+    elif prompt_art is None:
+        result["task"] = "zeroshot_classification"
+    else:
+        result["task"] = "prompt_classification"
     result["split"] = split
     if untrained is not None:
         result["untrained_seed"] = untrained

@@ -28,6 +28,7 @@ LAYERS = [
         "nlp_cli.schedule",
         "nlp_cli.templates",
         "nlp_cli.tables",
+        "nlp_cli.aggregate",
         "nlp_cli.datasets",
     ],
     [

@@ -137,3 +137,24 @@ def test_eval_json_carries_the_resolved_config_and_environment(cli, features, tm
     assert m["config"]["momentum"] == 0.9 and m["config"]["precision"] == "fp32"
     assert m["environment"]["device"] == "cpu" and m["environment"]["torch"]
     assert m["environment"]["threads"] >= 1
+
+
+def test_metrics_as_clip_benchmark_writes_them_and_the_aggregate(cli, features, tmp_path):
+    import csv
+    import io
+
+    out = tmp_path / "p.safetensors"
+    assert cli("train", features, "--epochs", "1", "--n-ctx", "4", "--out", out).code == 0
+    a, b = tmp_path / "m" / "a.json", tmp_path / "m" / "b.json"
+    assert cli("eval", out, "--out", a).code == 0
+    assert cli("eval", "--zero-shot", features, "--out", b).code == 0
+    m = json.loads(a.read_text())
+    assert set(m["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert m["metrics"]["acc1"] == m["acc1"] <= m["acc5"] <= 1.0  # today's keys still there
+    assert (m["dataset"], m["task"]) == ("synthetic", "prompt_classification")
+    assert json.loads(b.read_text())["task"] == "zeroshot_classification"
+    r = cli("aggregate", tmp_path / "m")
+    assert r.code == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert {row["task"] for row in rows} == {"prompt_classification", "zeroshot_classification"}
+    assert float(rows[0]["acc1"]) == json.loads(a.read_text())["acc1"]

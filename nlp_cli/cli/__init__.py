@@ -27,6 +27,7 @@ STAGE_ORDER = [
     "predict",
     "label_issues",
     "analyze_grad",
+    "aggregate",
 ]
 
 app = typer.Typer(
