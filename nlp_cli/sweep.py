@@ -76,6 +76,7 @@ class Grid:
     shots: int | None = None
     metric: str = "last5"
     zero_shot: bool = True
+    untrained: bool = True
     out: Path | None = None
 
     def sources(self) -> dict[str, str]:
@@ -187,6 +188,7 @@ def load_grid(path: Path) -> Grid:
         "shots",
         "metric",
         "zero_shot",
+        "untrained",
         "out",
     }
     unknown = set(raw) - known
@@ -230,6 +232,7 @@ def load_grid(path: Path) -> Grid:
         shots=raw.get("shots"),
         metric=metric,
         zero_shot=bool(raw.get("zero_shot", True)),
+        untrained=bool(raw.get("untrained", True)),
         out=Path(raw["out"]) if raw.get("out") else None,
     )
 
@@ -278,10 +281,14 @@ class Stages:
 
         return stages.train_prompts(inputs, opts)
 
-    def evaluate(self, prompt: Path | None, features: Path | None, device: str) -> dict[str, Any]:
+    def evaluate(
+        self, prompt: Path | None, features: Path | None, device: str, untrained: int | None = None
+    ) -> dict[str, Any]:
         from nlp_cli import stages
 
-        return stages.evaluate(prompt, features, device=device, write=False).summary
+        return stages.evaluate(
+            prompt, features, device=device, write=False, untrained=untrained
+        ).summary
 
 
 @dataclass
@@ -291,6 +298,7 @@ class SweepResult:
     zero_shot: dict[str, float]
     ran: int
     skipped: int
+    untrained: dict[str, list[float]] = field(default_factory=dict)
 
 
 def features_path(grid: Grid, dataset: str, stages: Stages) -> Path:
@@ -479,16 +487,28 @@ def run_sweep(
     if grid.zero_shot:
         for d, f in feats.items():
             zero_shot[d] = _zero_shot(folder / "metrics" / d / "zero-shot.json", f, stages, device)
+    untrained: dict[str, list[float]] = {}
+    if grid.untrained:
+        for d, f in feats.items():
+            untrained[d] = [
+                _zero_shot(
+                    folder / "metrics" / d / f"untrained-seed{s}.json", f, stages, device, seed=s
+                )
+                for s in grid.seeds
+            ]
     records = []
     for cell in grid.cells():
         path = grid.metrics_path(cell)
         if cell_done(grid, cell, feats[cell.dataset]):
             records.append(record(cell, json.loads(path.read_text()), grid.metric))
-    return SweepResult(folder, records, zero_shot, ran, skipped)
+    return SweepResult(folder, records, zero_shot, ran, skipped, untrained)
 
 
-def _zero_shot(out: Path, feats: Path, stages: Stages, device: str) -> float:
-    """The hand prompt's accuracy on a dataset's features (cached by the features' digest)."""
+def _zero_shot(
+    out: Path, feats: Path, stages: Stages, device: str, seed: int | None = None
+) -> float:
+    """The hand prompt's accuracy on a dataset's features (cached by the features' digest);
+    with `seed`, that of an untrained random context instead."""
     digest = _digest(str(feats))
     try:
         found = json.loads(out.read_text())
@@ -496,7 +516,7 @@ def _zero_shot(out: Path, feats: Path, stages: Stages, device: str) -> float:
             return float(found["acc1"])
     except (OSError, ValueError, KeyError, AttributeError):
         pass
-    metrics = stages.evaluate(None, feats, device)
+    metrics = stages.evaluate(None, feats, device, untrained=seed)
     metrics["features_digest"] = digest
     artifacts.atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
     return float(metrics["acc1"])
@@ -516,7 +536,9 @@ def write_tables(result: SweepResult, grid: Grid, plot: bool = True) -> dict[str
     from nlp_cli import tables
 
     order = [m.name for m in grid.methods]
-    built = tables.build_tables(result.records, methods=order, zero_shot=result.zero_shot)
+    built = tables.build_tables(
+        result.records, methods=order, zero_shot=result.zero_shot, untrained=result.untrained
+    )
     out = {
         "markdown": result.folder / "table.md",
         "csv": result.folder / "table.csv",
@@ -526,7 +548,14 @@ def write_tables(result: SweepResult, grid: Grid, plot: bool = True) -> dict[str
     artifacts.atomic_write_text(out["csv"], tables.to_csv(built))
     artifacts.atomic_write_text(
         out["results"],
-        json.dumps({"records": result.records, "zero_shot": result.zero_shot}, indent=1),
+        json.dumps(
+            {
+                "records": result.records,
+                "zero_shot": result.zero_shot,
+                "untrained": result.untrained,
+            },
+            indent=1,
+        ),
     )
     if plot and _has_matplotlib():
         from nlp_cli import analysis

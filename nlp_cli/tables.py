@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+UNTRAINED = "Untrained context"
 NOISE_ORDER = {"none": 0, "sym": 1, "pair": 2, "idn": 3, "map": 4}
 
 
@@ -84,11 +85,14 @@ def build_tables(
     records: Iterable[dict],
     methods: list[str] | None = None,
     zero_shot: dict[str, float] | None = None,
+    untrained: dict[str, list[float]] | None = None,
 ) -> list[Table]:
     """Group result records into one table per dataset (plus an average table when several).
 
     A record has keys `dataset`, `method`, `noise` (type), `rate`, `seed` and `acc` (fraction).
-    `zero_shot` maps dataset → zero-shot accuracy, shown as a first row constant across settings.
+    `zero_shot` maps dataset → zero-shot accuracy, shown as a first row constant across settings;
+    `untrained` maps dataset → the accuracies of an untrained random context (one per seed), shown
+    above it: the baselines that tell whether learning happened.
     """
     groups: dict[str, dict[tuple[str, tuple[str, float]], list[float]]] = defaultdict(
         lambda: defaultdict(list)
@@ -111,6 +115,10 @@ def build_tables(
             for s in settings:
                 cells[("Zero-shot CLIP", s)] = Cell((zero_shot[dataset],))
             rows = ["Zero-shot CLIP"] + rows
+        if untrained and untrained.get(dataset):
+            for s in settings:
+                cells[(UNTRAINED, s)] = Cell(tuple(untrained[dataset]))
+            rows = [UNTRAINED] + rows
         tables.append(Table(dataset, rows, settings, cells))
     if len(tables) > 1:
         tables.append(_average(tables))

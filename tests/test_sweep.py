@@ -53,8 +53,10 @@ class FakeStages(sweep.Stages):
         for out in opts.outs:
             self._write(out, repr(opts))
 
-    def evaluate(self, prompt, features, device):
-        self.calls.append(("eval", prompt, features, None))
+    def evaluate(self, prompt, features, device, untrained=None):
+        self.calls.append(("eval", prompt, features, untrained))
+        if untrained is not None:
+            return {"acc1": 0.05 + 0.01 * untrained}
         acc = 0.25 if prompt is None else 0.5 + 0.01 * len(self.calls)
         return {"acc1": acc, "last5_mean_acc": acc - 0.01}
 
@@ -78,6 +80,7 @@ def test_sweep_runs_every_stage_once_and_reruns_nothing(grid_file, monkeypatch):
     assert len({c[3] for c in stages.calls if c[0] == "corrupt"}) == 4
     assert first.ran == 12 and len(first.records) == 12
     assert first.zero_shot == {"feats": 0.25}
+    assert first.untrained == {"feats": pytest.approx([0.06, 0.07])}  # one per seed
     train = next(c for c in stages.calls if c[0] == "train" and c[2].losses == ["dsoftmax"])
     assert train[2].settings["epochs"] == 3 and train[2].settings["batch_size"] == 8
     nlp_train = next(c for c in stages.calls if c[0] == "train" and c[2].losses == ["nlprompt"])
@@ -116,9 +119,9 @@ def test_tables_written_in_paper_shape(grid_file):
     md = paths["markdown"].read_text()
     assert "| Method | Sym 40% | Pair 20% |" in md
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
-    assert rows[1:] == ["Zero-shot CLIP", "ce", "DSPT", "NLPrompt"]
+    assert rows[1:] == ["Untrained context", "Zero-shot CLIP", "ce", "DSPT", "NLPrompt"]
     assert "±" in md  # two seeds per cell
-    assert paths["csv"].read_text().count("\n") == 1 + 2 * 4
+    assert paths["csv"].read_text().count("\n") == 1 + 2 * 5
 
 
 def test_last_epoch_metric_reads_acc1():
