@@ -40,7 +40,9 @@ GMM_SETTINGS = {"n_components": 2, "max_iter": 10, "tol": 1e-2, "reg_covar": 5e-
 RULES = ("both", "intersection", "adaptive", "fixed")
 # The noise ratios of the README's table: 2, 4, …, 12 false positives among 16 shots.
 PRESET_RATES = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
-# Without a preset: configs/trainers/JoAPR/rn50.yaml, the config scripts/main.sh runs.
+# Without a preset (a dataset the table lacks, or `none`): warm-up 1 as in
+# configs/trainers/JoAPR/rn50.yaml; α₁ 0.5 and α₂ 1.0 as train.py's extend_cfg and every row of
+# the table but Caltech101 (rn50.yaml ships Caltech101's α₂ 0.5, the README's example).
 DEFAULTS = {"warmup": 1, "entropy": 0.5, "prior": 1.0}
 
 

@@ -83,7 +83,7 @@ class TrainConfig:
     knobs: dict[str, float] = field(default_factory=dict)
     method: str = "standard"
     # JoAPR (methods/joapr.py, nlp_cli/joapr.py, from yunncheng/JoAPR): the per-dataset
-    # preset (auto = the features' dataset; none = configs/trainers/JoAPR/rn50.yaml) fills
+    # preset (auto = the features' dataset; none = joapr.DEFAULTS: 1, 0.5, 1.0) fills
     # warm-up epochs, α₁ (warm-up negative entropy) and α₂ (class-balance penalty) left None;
     # mixup's Beta(β, β) (BETA 0.001), the targets' sharpening T (Dassl TEMP 2 = T 0.5), the
     # adaptive threshold's start (0.5), the clean rule, epochs of loss averaging, views.

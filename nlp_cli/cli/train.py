@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
             "--joapr-preset",
             autocompletion=_choices(*JOAPR_PRESETS),
             help="JoAPR: the README's per-dataset warm-up, α₁, α₂ (auto: the features' "
-            "dataset; none: rn50.yaml's 1, 0.5, 0.5).",
+            "dataset; none: 1, 0.5, 1.0).",
         ),
         joapr_warmup: int | None = typer.Option(
             None, "--joapr-warmup", help="JoAPR: warm-up epochs, CE + α₁·neg-entropy (preset)."
