@@ -312,6 +312,20 @@ def test_joapr_deterministic_batched_and_resumed(noisy, tmp_path):
     assert torch.equal(resumed.ctx, a.ctx) and resumed.history == a.history
 
 
+def test_run_keeps_the_last_five_division_losses(noisy, tmp_path):
+    from nlp_cli.checkpoints import load_checkpoint
+
+    small = RUN | {"epochs": 7, "batch_size": 32}
+    for average, kept in ((5, 5), (1, 1)):
+        ckpt = tmp_path / f"a{average}.ckpt"
+        cfg = lib.make_config(method="joapr", joapr_warmup=0, joapr_average=average, **small)
+        lib.train_prompt(noisy, cfg, checkpoint=ckpt, run_key="k")
+        carry = load_checkpoint(ckpt)["carry"]
+        assert len(carry["losses"]) == kept
+        assert all(len(v) == 240 and float(v.min()) == 0.0 for v in carry["losses"])
+        assert 0.0 <= carry["threshold"] <= 1.0
+
+
 def test_joapr_views_average_cached_views(tmp_path, tiny_clip):
     plain = make_features(tmp_path / "f.safetensors", tiny_clip, n_classes=4, n_train=12)
     art = artifacts.load(plain)
