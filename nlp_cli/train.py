@@ -81,14 +81,22 @@ class TrainConfig:
     curriculum_begin: float = 0.3
     curriculum_mode: str = "linear"
     knobs: dict[str, float] = field(default_factory=dict)
-    # JoAPR (methods/joapr.py): CE warm-up epochs, mixup's Beta(α, α), the clean threshold on
-    # the GMM posterior, the targets' sharpening temperature and the class-balance penalty.
     method: str = "standard"
-    joapr_warmup: int = 1
-    joapr_alpha: float = 4.0
-    joapr_threshold: float = 0.5
+    # JoAPR (methods/joapr.py, nlp_cli/joapr.py, from yunncheng/JoAPR): the per-dataset
+    # preset (auto = the features' dataset; none = joapr.DEFAULTS: 1, 0.5, 1.0) fills
+    # warm-up epochs, α₁ (warm-up negative entropy) and α₂ (class-balance penalty) left None;
+    # mixup's Beta(β, β) (BETA 0.001), the targets' sharpening T (Dassl TEMP 2 = T 0.5), the
+    # adaptive threshold's start (0.5), the clean rule, epochs of loss averaging, views.
+    joapr_preset: str = "auto"
+    joapr_warmup: int | None = None
+    joapr_entropy: float | None = None
+    joapr_prior: float | None = None
+    joapr_alpha: float = 0.001
     joapr_temperature: float = 0.5
-    joapr_prior: float = 1.0
+    joapr_threshold: float = 0.5
+    joapr_rule: str = "both"
+    joapr_average: int = 5
+    joapr_views: int = 1
 
     @staticmethod
     def setting_names() -> list[str]:
@@ -129,7 +137,11 @@ class TrainConfig:
         """Refuse impossible settings in one line."""
         losses.get(self.loss)
         self.loss_knobs()
-        for name in ("epochs", "batch_size", "n_ctx", "warmup_epochs", "seed", "curriculum_epochs"):
+        ints = ("epochs", "batch_size", "n_ctx", "warmup_epochs", "seed", "curriculum_epochs")
+        ints += ("joapr_average", "joapr_views")
+        if self.joapr_warmup is not None:
+            ints += ("joapr_warmup",)
+        for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 flag = "--" + name.replace("_", "-")
@@ -336,8 +348,9 @@ class RunState:
         device: torch.device,
         hand: Callable[[], torch.Tensor],
     ) -> None:
-        self.config = config
         self.method = methods.get(config.effective_method)
+        config = self.method.resolve(config, data)
+        self.config = config
         self.method.check_data(config, data)
         self.spec = losses.get(config.loss)
         self.knobs = config.loss_knobs()
@@ -387,6 +400,7 @@ class RunState:
         self.start = 0
         self.step = 0
         self.state: dict[str, Any] = {}
+        self.carry: dict[str, Any] = {}  # a method's state across epochs (checkpointed)
         self.key: str | None = None
 
     normalise = staticmethod(_normalise)
@@ -415,6 +429,7 @@ class RunState:
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.history = list(state["history"])
+            self.carry = dict(state.get("carry") or {})
             self.start = int(state["epoch"])
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
@@ -426,6 +441,7 @@ class RunState:
             "optim": self.optim.state_dict(),
             "scaler": self.scaler.state_dict(),
             "history": self.history,
+            "carry": self.carry,
         }
 
     def active(self, epoch: int) -> bool:
@@ -481,7 +497,8 @@ class RunState:
         self.history.append(record)
         return record
 
-    def result(self, config: TrainConfig) -> TrainResult:
+    def result(self) -> TrainResult:
+        config = self.config
         prompt_meta = {
             "n_ctx": self.learner.n_ctx,
             "csc": config.csc,
@@ -594,7 +611,7 @@ def train_many(
                 on_epoch(i, record)
             if inspect is not None:
                 inspect(i, epoch + 1, r.learner)
-    return [r.result(c) for r, c in zip(runs, configs, strict=True)]
+    return [r.result() for r in runs]
 
 
 def _setup(datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys):

@@ -17,6 +17,23 @@ def _complete_loss(incomplete: str) -> list[str]:
     return [n for n in LOSSES if n.startswith(incomplete)]
 
 
+# methods/joapr.PRESET_CHOICES, here so that --help imports no torch (a test holds them equal).
+JOAPR_PRESETS = (
+    "auto",
+    "none",
+    "imagenet",
+    "sun397",
+    "caltech101",
+    "oxford_flowers",
+    "stanford_cars",
+    "fgvc_aircraft",
+    "oxford_pets",
+    "ucf101",
+    "eurosat",
+    "dtd",
+)
+
+
 def _choices(*names: str):
     return lambda incomplete: [n for n in names if n.startswith(incomplete)]
 
@@ -127,20 +144,44 @@ def register(app: typer.Typer) -> None:
             autocompletion=_choices("standard", "joapr"),
             help="standard (the loss alone) or joapr (GMM partition, refurbished labels, mixup).",
         ),
+        joapr_preset: str | None = typer.Option(
+            None,
+            "--joapr-preset",
+            autocompletion=_choices(*JOAPR_PRESETS),
+            help="JoAPR: the README's per-dataset warm-up, α₁, α₂ (auto: the features' "
+            "dataset; none: 1, 0.5, 1.0).",
+        ),
         joapr_warmup: int | None = typer.Option(
-            None, "--joapr-warmup", help="JoAPR: plain CE epochs before refurbishing (1)."
+            None, "--joapr-warmup", help="JoAPR: warm-up epochs, CE + α₁·neg-entropy (preset)."
         ),
-        joapr_alpha: float | None = typer.Option(
-            None, "--joapr-alpha", help="JoAPR: mixup's Beta(α, α) (4)."
-        ),
-        joapr_threshold: float | None = typer.Option(
-            None, "--joapr-threshold", help="JoAPR: clean ⇔ GMM clean posterior above it (0.5)."
-        ),
-        joapr_temperature: float | None = typer.Option(
-            None, "--joapr-temperature", help="JoAPR: targets' sharpening T (0.5; 1 = off)."
+        joapr_entropy: float | None = typer.Option(
+            None, "--joapr-entropy", help="JoAPR: α₁, the warm-up's negative entropy (preset)."
         ),
         joapr_prior: float | None = typer.Option(
-            None, "--joapr-prior", help="JoAPR: weight of the class-balance penalty (1; 0 = off)."
+            None, "--joapr-prior", help="JoAPR: α₂, the class-balance penalty (preset; 0 = off)."
+        ),
+        joapr_alpha: float | None = typer.Option(
+            None, "--joapr-alpha", help="JoAPR: mixup's Beta(β, β) (0.001, the reference's)."
+        ),
+        joapr_temperature: float | None = typer.Option(
+            None, "--joapr-temperature", help="JoAPR: targets' sharpening p^(1/T) (0.5; 1 = off)."
+        ),
+        joapr_threshold: float | None = typer.Option(
+            None,
+            "--joapr-threshold",
+            help="JoAPR: the adaptive posterior threshold's start, or the fixed one (0.5).",
+        ),
+        joapr_rule: str | None = typer.Option(
+            None,
+            "--joapr-rule",
+            autocompletion=_choices("both", "intersection", "adaptive", "fixed"),
+            help="JoAPR: clean rule, GMM intersection or adaptive threshold (both: either).",
+        ),
+        joapr_average: int | None = typer.Option(
+            None, "--joapr-average", help="JoAPR: epochs of division losses averaged (5)."
+        ),
+        joapr_views: int | None = typer.Option(
+            None, "--joapr-views", help="JoAPR: cached views its targets average over (1)."
         ),
         q: float | None = typer.Option(None, "--q", help="gce's q (0.7)."),
         eps: float | None = typer.Option(None, "--eps", help="ls's ε (0.2)."),
@@ -205,11 +246,16 @@ def register(app: typer.Typer) -> None:
             "targets": targets,
             "repurify": repurify,
             "method": method,
+            "joapr_preset": joapr_preset,
             "joapr_warmup": joapr_warmup,
-            "joapr_alpha": joapr_alpha,
-            "joapr_threshold": joapr_threshold,
-            "joapr_temperature": joapr_temperature,
+            "joapr_entropy": joapr_entropy,
             "joapr_prior": joapr_prior,
+            "joapr_alpha": joapr_alpha,
+            "joapr_temperature": joapr_temperature,
+            "joapr_threshold": joapr_threshold,
+            "joapr_rule": joapr_rule,
+            "joapr_average": joapr_average,
+            "joapr_views": joapr_views,
             **{k: v for k, v in dict(q=q, eps=eps, tau=tau, beta=beta, scale=scale).items()},
         }
         plain, per_loss = split_knobs(knob)

@@ -7,6 +7,10 @@ A method is a class with two hooks that the loop in `nlp_cli.train` calls:
 * `batch_loss(run, idx, text)`: the scalar to backpropagate for the batch `idx` of run `run`,
   given the current class text features; it records per-sample losses for the history.
 
+Before either, `resolve(config, data)` may fill settings that depend on the data (JoAPR's
+per-dataset preset); state that must outlive an epoch goes in `run.carry`, which checkpoints
+keep, so a resumed run continues as an uninterrupted one.
+
 Adding a method is one file in this package with a class decorated by `@register`.
 """
 
@@ -28,6 +32,10 @@ class Method:
 
     def validate(self, config: Any) -> None:
         """Refuse settings this method cannot run with, in one line."""
+
+    def resolve(self, config: Any, data: Any) -> Any:
+        """The config this run trains with: `config`, or a copy with data-dependent settings."""
+        return config
 
     def check_data(self, config: Any, data: Any) -> None:
         """Refuse data this method cannot train on, in one line."""

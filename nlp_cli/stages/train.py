@@ -383,7 +383,7 @@ def _train_group(
             "knobs": result.info["knobs"],
             "history": result.history,
             "protocol": r.options.get("protocol"),
-            "config": dataclasses.asdict(r.config),
+            "config": dataclasses.asdict(result.config),
             "environment": environment(r.config.device, r.config.precision),
         }
         artifacts.save(r.target, "prompt", {"ctx": result.ctx}, meta)
