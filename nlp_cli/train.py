@@ -463,8 +463,8 @@ class RunState:
             self.x_epoch = _normalise(self.views[pick, torch.arange(self.n)]).to(self.device)
         self.epoch_clean = self.clean
         self.batches: list[torch.Tensor] | None = None  # a method's own batches, if it sets them
-        self.per_clean: list[torch.Tensor] = []
-        self.per_noisy: list[torch.Tensor] = []
+        self.per_sample: list[torch.Tensor] = []
+        self.per_correct: list[torch.Tensor] = []
         self.batch_losses: list[torch.Tensor] = []
 
     def batch_loss(self, step: int, text: torch.Tensor) -> torch.Tensor:
@@ -475,20 +475,26 @@ class RunState:
         return self.method.batch_loss(self, self.order[step * bs : (step + 1) * bs], text)
 
     def record(self, idx: torch.Tensor, per: torch.Tensor, loss: torch.Tensor) -> None:
-        """Keep a batch's per-sample losses (split by whether the label is right) and its loss."""
-        per = per.detach()
-        self.per_clean.append(per[self.correct[idx]].cpu())
-        self.per_noisy.append(per[~self.correct[idx]].cpu())
+        """Keep a batch's per-sample losses, whether each label is right, and its loss — on the
+        device: no host synchronisation inside an epoch (end_epoch reads them once)."""
+        self.per_sample.append(per.detach())
+        self.per_correct.append(self.correct[idx])
         self.batch_losses.append(loss.detach())
 
     def end_epoch(self, epoch: int, test_acc: float) -> dict[str, Any]:
-        losses_ = [float(v) for v in self.batch_losses]
+        losses_ = torch.stack(self.batch_losses).tolist() if self.batch_losses else []
+        per = torch.cat(self.per_sample).cpu() if self.per_sample else torch.zeros(0)
+        right = (
+            torch.cat(self.per_correct).cpu()
+            if self.per_correct
+            else torch.zeros(0, dtype=torch.bool)
+        )
         record = {
             "epoch": epoch + 1,
             "lr": self.lr,
             "loss": sum(losses_) / len(losses_) if losses_ else None,
-            "loss_clean": _mean(self.per_clean),
-            "loss_noisy": _mean(self.per_noisy),
+            "loss_clean": _mean([per[right]]),
+            "loss_noisy": _mean([per[~right]]),
             "test_acc": test_acc,
             "clean_frac": (
                 float(self.epoch_clean.float().mean()) if self.epoch_clean is not None else None
