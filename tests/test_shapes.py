@@ -7,6 +7,7 @@ import importlib.util
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ def test_layout_and_split_file(small_world):
     assert (small_world / shapes.SPLIT_FILE).is_file()
     ds = datasets.get("shapes").load(small_world)
     assert ds.name == "shapes" and ds.root == (small_world / "images").absolute()
-    assert len(ds.classnames) >= 20 and len(set(ds.classnames)) == len(ds.classnames)
+    assert len(ds.classnames) >= 50 and len(set(ds.classnames)) == len(ds.classnames)
     assert ds.classnames == list(shapes.CLASSES)
     for name in ds.classnames:
         colour, shape = name.split(" ")
@@ -58,6 +59,19 @@ def test_layout_and_split_file(small_world):
                 assert im.size == (64, 64) and im.mode == "RGB"
     listed = [p for s in ds.splits() for p in ds.paths[s]]
     assert len(set(listed)) == len(listed)
+
+
+def test_neighbouring_classes_are_look_alikes_for_pair_noise():
+    """Pair noise flips c -> c + 1: within a shape, c + 1 is the next colour in hue order."""
+    hues = [shapes.COLOURS[c][0] for c in shapes.DATASET_COLOURS]
+    assert hues == sorted(hues)
+    look_alikes = 0
+    for a, b in zip(shapes.CLASSES, shapes.CLASSES[1:], strict=False):
+        (ca, sa), (cb, sb) = a.split(" "), b.split(" ")
+        if sa == sb:
+            assert 0 < shapes.COLOURS[cb][0] - shapes.COLOURS[ca][0] <= 55
+            look_alikes += 1
+    assert look_alikes >= 0.8 * len(shapes.CLASSES)
 
 
 def test_images_vary_in_background_and_shape_colour(small_world):
@@ -76,7 +90,7 @@ def test_download_shapes_offline_through_the_cli(cli, tmp_path, monkeypatch):
     folder = Path(r.stdout.strip())
     assert folder == tmp_path / "shapes" and datasets.get("shapes").present(folder)
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*.png")}
-    assert len(before) == 25 * sum(SMALL.values())
+    assert len(before) == len(shapes.CLASSES) * sum(SMALL.values())
     again = cli("download", "shapes", "--root", tmp_path)
     assert again.code == 0 and again.stdout == r.stdout
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.png")} == before
@@ -112,7 +126,7 @@ def test_embed_reads_shapes_with_the_builtin_model(cli, small_world, tmp_path):
     assert r.code == 0, r.stderr
     art = artifacts.load(r.stdout.strip(), "features")
     assert art.classnames == list(shapes.CLASSES)
-    assert art.tensors["test.labels"].tolist() == sorted(range(25))
+    assert art.tensors["test.labels"].tolist() == sorted(range(len(shapes.CLASSES)))
     assert art.meta["model"]["name"] == "tiny-shapes"
 
 
@@ -151,3 +165,18 @@ def test_compact_text_encoder_equals_clip_encode_text():
         got = pretrain.encode_text_short(model, tokens, table, index)
         want = model.encode_text(tokens)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_pretraining_captions_name_the_class_and_describe_the_edit():
+    pretrain = _pretrain_script()
+    rng = random.Random(0)
+    info = {"style": "filled", "back": "stripes", "size": "small"}
+    for kind in pretrain.EDITS:
+        for _ in range(20):
+            text = pretrain.caption(rng, "red", "circle", {**info, "edit": kind})
+            assert "red circle" in text and "photo" not in text
+    img = shapes.draw_item(random.Random(1), "red", "circle")
+    x = np.asarray(img, dtype=int)
+    assert (np.asarray(pretrain.edit(img, "negative", rng), dtype=int) == 255 - x).all()
+    grey = np.asarray(pretrain.edit(img, "grayscale", rng), dtype=int)
+    assert (np.abs(grey - grey[..., :1]) <= 0).all() and not (x == x[..., :1]).all()
