@@ -11,7 +11,7 @@ NOISE=${NOISE:---sym 0.8}
 SEED=${SEED:-1}
 EXTRA=${EXTRA:-}
 nlp() { "${PYTHON:-python}" -m nlp_cli "$@"; }
-acc() { "${PYTHON:-python}" -c 'import json,sys; m=json.load(sys.stdin); print(f"{100*m.get("last5_mean_acc", m["acc1"]):.2f}")'; }
+acc() { "${PYTHON:-python}" -c 'import json,sys; m=json.load(sys.stdin); print("%.2f" % (100 * (m.get("last5_mean_acc") or m["acc1"])))'; }
 
 nlp download shapes >/dev/null
 feats=$(nlp embed shapes --model "$MODEL")

@@ -211,14 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--per-combo", type=int, default=48, help="pool images per colour × shape")
     ap.add_argument("--grid", type=int, default=8, help="batch = grid colours × grid shapes")
     ap.add_argument("--width", type=int, default=8, help="ResNet stem width")
     ap.add_argument("--text-layers", type=int, default=6, help="text transformer depth")
+    # 0.16 = 0.02 · √64, the norm of a N(0, 0.02²) vector of width 64: CLIP's token scale (its
+    # init) and CoOp's random context's, so 16 random context vectors look like 16 words.
     ap.add_argument(
-        "--token-norm", type=float, default=0.0,
+        "--token-norm", type=float, default=0.16,
         help="keep every trained token embedding at this L2 norm (0: free)",
     )  # fmt: skip
     ap.add_argument("--styles", default=",".join(STYLES), help="drawing styles of the pairs")

@@ -15,6 +15,7 @@ from PIL import Image
 
 from nlp_cli import artifacts, clip_model, datasets
 from nlp_cli.datasets import shapes
+from nlp_cli.prompt import PromptLearner, text_features
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train": 2, "val": 1, "test": 1}
@@ -112,13 +113,22 @@ def test_shipped_model_loads_by_name_and_knows_the_world():
         colour, shape = name.split(" ")
         for i in range(4):
             rng = random.Random(shapes.item_seed("test-zero-shot", y, i))
-            images.append(loaded.preprocess(shapes.draw_item(rng, colour, shape)))
+            images.append(
+                loaded.preprocess(shapes.camera(shapes.draw_item(rng, colour, shape), rng))
+            )
             labels.append(y)
     with torch.no_grad():
         feats = F.normalize(loaded.model.encode_image(torch.stack(images)).float(), dim=-1)
-    protos = clip_model.hand_prompt_features(loaded.model, classes)
-    acc = (feats @ protos.T).argmax(1).eq(torch.tensor(labels)).float().mean().item()
-    assert acc > 5 / len(classes), f"zero-shot {acc:.2f} is not well above chance"
+        protos = clip_model.hand_prompt_features(loaded.model, classes)
+        learner = PromptLearner(loaded.model, classes, generator=torch.Generator().manual_seed(1))
+        untrained = F.normalize(text_features(loaded.model, learner).float(), dim=-1)
+    labels = torch.tensor(labels)
+    acc = (feats @ protos.T).argmax(1).eq(labels).float().mean().item()
+    random_ctx = (feats @ untrained.T).argmax(1).eq(labels).float().mean().item()
+    assert acc > 10 / len(classes), f"zero-shot {acc:.2f} is not well above chance"
+    # As in real CLIP, 16 random context vectors wreck the prompt: learning is needed.
+    assert random_ctx < 0.7 * acc, f"untrained context {random_ctx:.2f} vs zero-shot {acc:.2f}"
+    assert loaded.logit_scale > 20
 
 
 def test_embed_reads_shapes_with_the_builtin_model(cli, small_world, tmp_path):
