@@ -38,7 +38,7 @@ def test_shapes_world_through_pipes_shows_the_papers_finding(tmp_path):
         home,
     )
     partition = json.loads(out)
-    assert partition["detection"]["f1"] > 0.85  # the text prototypes tell most wrong labels
+    assert partition["detection"]["f1"] > 0.9  # the text prototypes know these classes
 
     ce = json.loads(
         sh(f"nlp corrupt {feats} --sym 0.8 --seed 1 | nlp train --loss ce | nlp eval --json", home)
@@ -51,8 +51,6 @@ def test_shapes_world_through_pipes_shows_the_papers_finding(tmp_path):
         )
     )
     # DSPT Fig. 1 / Table 1 at 80 % symmetric noise: CE falls below zero-shot, NLPrompt does not.
-    found = f"zero-shot {zero_shot:.3f}, ce {ce['last5_mean_acc']:.3f}, nlprompt "
-    found += f"{nlprompt['last5_mean_acc']:.3f}"
-    assert ce["last5_mean_acc"] < zero_shot - 0.04, found
-    assert nlprompt["last5_mean_acc"] > zero_shot, found
-    assert nlprompt["last5_mean_acc"] - ce["last5_mean_acc"] > 0.06, found
+    assert ce["last5_mean_acc"] < zero_shot
+    assert nlprompt["last5_mean_acc"] > zero_shot
+    assert nlprompt["last5_mean_acc"] - ce["last5_mean_acc"] > 0.3

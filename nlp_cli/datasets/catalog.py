@@ -415,6 +415,12 @@ def _generate_shapes(root: Path, seed: int) -> Path:
     return Path(shapes.generate(root, seed=seed))
 
 
+def _generate_shapes_fine(root: Path, seed: int) -> Path:
+    from nlp_cli.datasets import shapes_fine
+
+    return Path(shapes_fine.generate(root, seed=seed))
+
+
 OX = "https://www.robots.ox.ac.uk/~vgg/data"
 CATALOG: dict[str, DatasetSpec] = {
     s.name: s
@@ -687,6 +693,15 @@ CATALOG: dict[str, DatasetSpec] = {
             (),
             "Generated coloured shapes (offline, deterministic)",
             generate=_generate_shapes,
+        ),
+        DatasetSpec(
+            "shapes-fine",
+            "shapes-fine",
+            "",
+            None,
+            (),
+            "Generated fine-grained shapes, 60 classes (offline, deterministic; experimental)",
+            generate=_generate_shapes_fine,
         ),
     ]
 }

@@ -1,19 +1,15 @@
 """`shapes`: a generated dataset of coloured shapes, the offline world of the quickstart and tests.
 
-Each class is a colour and a shape ("red circle", "orange circle", …): six shapes × ten colours =
-60 classes, shape-major with the colours in hue order, so that class c + 1 (where pair noise
-flips c) is the look-alike of class c — the same shape in the neighbouring hue, about 30 degrees
-away, like two models of one car make. An image is 64 × 64 px: one filled shape of that colour
-(hue and brightness jittered, random size, position and rotation) on a varied background (muted
-solid colour, gradient, stripes or smooth noise) with some clutter (thin lines, dots and small
-grey shapes), seen through a "camera" (a white-balance cast, an exposure change, sensor noise)
-that makes neighbouring hues overlap. Every image is drawn from its own seed (dataset seed,
-split, class, index), so the same seed gives byte-identical files on any machine with the same
-Pillow. Layout: `shapes/images/<colour>_<shape>/<split>_<i>.png` and a CoOp split file
-`shapes/split_shapes.json`.
+Each class is a colour and a shape ("red circle", "blue star", …; 5 × 5 = 25 classes). An image
+is 64 × 64 px: one filled shape of that colour (hue and brightness jittered, random size,
+position and rotation) on a varied background (muted solid colour, gradient, stripes or smooth
+noise) with some clutter (thin lines, dots and small grey shapes). Every image is drawn from its
+own seed (dataset seed, split, class, index), so the same seed gives byte-identical files on
+any machine with the same Pillow. Layout: `shapes/images/<colour>_<shape>/<split>_<i>.png` and a
+CoOp split file `shapes/split_shapes.json`.
 
 The drawing functions are public so that `scripts/pretrain_tiny_clip.py` can draw its own,
-different image–caption pairs (outline styles, plain backgrounds, edits, more colours and shapes).
+different image–caption pairs (outline styles, plain backgrounds, more colours and shapes).
 """
 
 from __future__ import annotations
@@ -31,39 +27,32 @@ from PIL import Image, ImageDraw
 
 from nlp_cli.datasets.catalog import Split, save_split_file
 
-# Hue (degrees), saturation range, value range. The ten class colours are in hue order, about
-# 30 degrees apart: with the hue jitter and the dataset's colour casts, neighbours overlap.
+# Hue (degrees), saturation range, value range.
 COLOURS: dict[str, tuple[float, tuple[float, float], tuple[float, float]]] = {
     "red": (0.0, (0.7, 1.0), (0.7, 1.0)),
-    "orange": (28.0, (0.75, 1.0), (0.8, 1.0)),
-    "yellow": (55.0, (0.7, 1.0), (0.8, 1.0)),
-    "lime": (88.0, (0.65, 1.0), (0.7, 1.0)),
-    "green": (125.0, (0.6, 1.0), (0.5, 0.9)),
-    "teal": (160.0, (0.6, 1.0), (0.5, 0.85)),
-    "cyan": (188.0, (0.6, 1.0), (0.75, 1.0)),
-    "blue": (222.0, (0.6, 1.0), (0.6, 1.0)),
-    "purple": (275.0, (0.5, 0.9), (0.55, 0.9)),
-    "pink": (322.0, (0.35, 0.65), (0.85, 1.0)),
-    # A further colour: distractor vocabulary for pretraining, not a class of the dataset.
-    "brown": (25.0, (0.6, 0.9), (0.3, 0.45)),
+    "yellow": (55.0, (0.7, 1.0), (0.85, 1.0)),
+    "green": (125.0, (0.6, 1.0), (0.55, 0.9)),
+    "blue": (225.0, (0.6, 1.0), (0.65, 1.0)),
+    "purple": (285.0, (0.5, 0.9), (0.55, 0.9)),
+    # Further colours: distractor vocabulary for pretraining, not classes of the dataset.
+    "orange": (28.0, (0.8, 1.0), (0.9, 1.0)),
+    "cyan": (185.0, (0.6, 1.0), (0.8, 1.0)),
+    "pink": (330.0, (0.3, 0.5), (0.9, 1.0)),
+    "brown": (25.0, (0.6, 0.9), (0.35, 0.5)),
 }
 HUE_JITTER = 10.0
 SHAPES = (
-    "circle", "square", "triangle", "star", "cross", "heart",
+    "circle", "square", "triangle", "star", "cross",
     # Further shapes: distractor vocabulary for pretraining.
-    "pentagon", "hexagon", "arrow", "crescent",
+    "pentagon", "hexagon", "heart", "arrow", "crescent",
 )  # fmt: skip
-DATASET_COLOURS = (
-    "red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue", "purple", "pink",
-)  # fmt: skip
-DATASET_SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
-# Shape-major, colours in hue order: class c and c + 1 (pair noise's flip) are the same shape in
-# neighbouring colours, the look-alike pairs of a fine-grained dataset.
-CLASSES = tuple(f"{c} {s}" for s in DATASET_SHAPES for c in DATASET_COLOURS)
+DATASET_COLOURS = ("red", "yellow", "green", "blue", "purple")
+DATASET_SHAPES = ("circle", "square", "triangle", "star", "cross")
+CLASSES = tuple(f"{c} {s}" for c in DATASET_COLOURS for s in DATASET_SHAPES)
 SIZE = 64
-COUNTS = {"train": 32, "val": 10, "test": 30}
+COUNTS = {"train": 40, "val": 10, "test": 30}
 SPLIT_FILE = "split_shapes.json"
-VERSION = 2
+VERSION = 1
 
 
 def _regular(n: int, start: float = -math.pi / 2) -> list[tuple[float, float]]:
@@ -238,17 +227,6 @@ def draw_item(
     return img.resize((size, size), Image.LANCZOS)
 
 
-def camera(img: Image.Image, rng: random.Random, cast: float = 0.15, noise: float = 6.0):
-    """A camera's look: a white-balance cast (per-channel gain within ±cast), an exposure change
-    and sensor noise. The dataset's images are "photos" with these; pretraining sees weaker ones.
-    """
-    gains = np.array([rng.uniform(1 - cast, 1 + cast) for _ in range(3)]) * rng.uniform(0.8, 1.1)
-    x = np.asarray(img, dtype=float) * gains[None, None, :]
-    if noise > 0:
-        x = x + np.random.default_rng(rng.getrandbits(32)).normal(0.0, noise, x.shape)
-    return Image.fromarray(np.clip(x, 0, 255).round().astype(np.uint8))
-
-
 def item_seed(*parts: object) -> int:
     """A 64-bit seed from its parts, the same on every platform."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
@@ -289,8 +267,7 @@ def generate(
             for i in range(n):
                 rng = random.Random(item_seed(VERSION, seed, split, cname, i))
                 rel = f"{folder_name(cname)}/{split}_{i:03d}.png"
-                img = camera(draw_item(rng, colour, shape, size), rng)
-                img.save(tmp / "images" / rel, optimize=False)
+                draw_item(rng, colour, shape, size).save(tmp / "images" / rel, optimize=False)
                 items[split].append((rel, label, cname))
     save_split_file(items, tmp / SPLIT_FILE)
     (tmp / ".shapes.json").write_text(json.dumps(stamp, sort_keys=True))
@@ -307,4 +284,4 @@ def _read_stamp(folder: Path) -> dict | None:
         return None
 
 
-__all__ = ["CLASSES", "COLOURS", "SHAPES", "camera", "draw_item", "generate", "polygon"]
+__all__ = ["CLASSES", "COLOURS", "SHAPES", "draw_item", "generate", "polygon"]
