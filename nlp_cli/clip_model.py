@@ -16,7 +16,10 @@ from nlp_cli.home import models_dir
 HAND_TEMPLATE = "a photo of a {}."
 ASSETS = Path(__file__).parent / "assets"
 # Built-in checkpoints shipped inside the package (OpenAI state-dict layout).
-BUILTIN = {"tiny-shapes": ASSETS / "tiny-shapes.pt"}
+BUILTIN = {
+    "tiny-shapes": ASSETS / "tiny-shapes.pt",
+    "tiny-shapes-fine": ASSETS / "tiny-shapes-fine.pt",
+}
 # fp32: fp32 weights. fp16/bf16: CLIP's half layout in that dtype. amp: fp32 weights, with the
 # forward under autocast (fp16 on CUDA, bf16 on CPU) and, on CUDA, a GradScaler (CoOp's PREC).
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")

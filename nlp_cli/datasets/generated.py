@@ -1,4 +1,4 @@
-"""Datasets drawn on this machine rather than downloaded: `shapes`.
+"""Datasets drawn on this machine rather than downloaded: `shapes` and `shapes-fine`.
 
 The entry stays in the catalog when its generator (`nlp_cli.datasets.shapes`, which needs numpy
 and Pillow) cannot be imported; `nlp download shapes` then says so in one line.
@@ -29,5 +29,24 @@ register(
         (),
         "Generated coloured shapes (offline, deterministic)",
         generate=_generate_shapes,
+    )
+)
+
+
+def _generate_shapes_fine(root: Path, seed: int) -> Path:
+    import nlp_cli.datasets.shapes_fine as shapes_fine
+
+    return Path(shapes_fine.generate(root, seed=seed))
+
+
+register(
+    DatasetSpec(
+        "shapes-fine",
+        "shapes-fine",
+        "",
+        None,
+        (),
+        "Generated fine-grained shapes, 60 classes (offline, deterministic; experimental)",
+        generate=_generate_shapes_fine,
     )
 )

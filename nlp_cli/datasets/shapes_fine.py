@@ -1,0 +1,310 @@
+"""`shapes-fine`: a fine-grained generated world of coloured shapes (experimental, beside `shapes`).
+
+Each class is a colour and a shape ("red circle", "orange circle", …): six shapes × ten colours =
+60 classes, shape-major with the colours in hue order, so that class c + 1 (where pair noise
+flips c) is the look-alike of class c — the same shape in the neighbouring hue, about 30 degrees
+away, like two models of one car make. An image is 64 × 64 px: one filled shape of that colour
+(hue and brightness jittered, random size, position and rotation) on a varied background (muted
+solid colour, gradient, stripes or smooth noise) with some clutter (thin lines, dots and small
+grey shapes), seen through a "camera" (a white-balance cast, an exposure change, sensor noise)
+that makes neighbouring hues overlap. Every image is drawn from its own seed (dataset seed,
+split, class, index), so the same seed gives byte-identical files on any machine with the same
+Pillow. Layout: `shapes-fine/images/<colour>_<shape>/<split>_<i>.png` and a CoOp split file
+`shapes-fine/split_shapes_fine.json`.
+
+The drawing functions are public so that `scripts/pretrain_tiny_clip_fine.py` can draw its own,
+different image–caption pairs (outline styles, plain backgrounds, edits, more colours and shapes).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from nlp_cli.datasets.splits import Split, save_split_file
+
+# Hue (degrees), saturation range, value range. The ten class colours are in hue order, about
+# 30 degrees apart: with the hue jitter and the dataset's colour casts, neighbours overlap.
+COLOURS: dict[str, tuple[float, tuple[float, float], tuple[float, float]]] = {
+    "red": (0.0, (0.7, 1.0), (0.7, 1.0)),
+    "orange": (28.0, (0.75, 1.0), (0.8, 1.0)),
+    "yellow": (55.0, (0.7, 1.0), (0.8, 1.0)),
+    "lime": (88.0, (0.65, 1.0), (0.7, 1.0)),
+    "green": (125.0, (0.6, 1.0), (0.5, 0.9)),
+    "teal": (160.0, (0.6, 1.0), (0.5, 0.85)),
+    "cyan": (188.0, (0.6, 1.0), (0.75, 1.0)),
+    "blue": (222.0, (0.6, 1.0), (0.6, 1.0)),
+    "purple": (275.0, (0.5, 0.9), (0.55, 0.9)),
+    "pink": (322.0, (0.35, 0.65), (0.85, 1.0)),
+    # A further colour: distractor vocabulary for pretraining, not a class of the dataset.
+    "brown": (25.0, (0.6, 0.9), (0.3, 0.45)),
+}
+HUE_JITTER = 10.0
+SHAPES = (
+    "circle", "square", "triangle", "star", "cross", "heart",
+    # Further shapes: distractor vocabulary for pretraining.
+    "pentagon", "hexagon", "arrow", "crescent",
+)  # fmt: skip
+DATASET_COLOURS = (
+    "red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue", "purple", "pink",
+)  # fmt: skip
+DATASET_SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
+# Shape-major, colours in hue order: class c and c + 1 (pair noise's flip) are the same shape in
+# neighbouring colours, the look-alike pairs of a fine-grained dataset.
+CLASSES = tuple(f"{c} {s}" for s in DATASET_SHAPES for c in DATASET_COLOURS)
+SIZE = 64
+COUNTS = {"train": 32, "val": 10, "test": 30}
+SPLIT_FILE = "split_shapes_fine.json"
+VERSION = 2
+
+
+def _regular(n: int, start: float = -math.pi / 2) -> list[tuple[float, float]]:
+    return [
+        (math.cos(start + 2 * math.pi * k / n), math.sin(start + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
+
+
+def _star() -> list[tuple[float, float]]:
+    pts = []
+    for k in range(10):
+        r = 1.0 if k % 2 == 0 else 0.42
+        a = -math.pi / 2 + math.pi * k / 5
+        pts.append((r * math.cos(a), r * math.sin(a)))
+    return pts
+
+
+def _heart() -> list[tuple[float, float]]:
+    pts = []
+    for k in range(40):
+        t = 2 * math.pi * k / 40
+        x = 16 * math.sin(t) ** 3
+        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+        pts.append((x / 17, -y / 17 + 0.1))
+    return pts
+
+
+def _crescent() -> list[tuple[float, float]]:
+    outer = [(math.cos(a), math.sin(a)) for a in np.linspace(0.35 * math.pi, 1.65 * math.pi, 24)]
+    inner = [
+        (0.45 + 0.8 * math.cos(a), 0.8 * math.sin(a))
+        for a in np.linspace(1.55 * math.pi, 0.45 * math.pi, 24)
+    ]
+    return [(float(x), float(y)) for x, y in outer + inner]
+
+
+_OUTLINES: dict[str, list[tuple[float, float]]] = {
+    "circle": _regular(48),
+    "square": [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)],
+    "triangle": [(x, y + 0.15) for x, y in _regular(3)],
+    "star": _star(),
+    "cross": [
+        (-0.3, -0.9), (0.3, -0.9), (0.3, -0.3), (0.9, -0.3), (0.9, 0.3), (0.3, 0.3),
+        (0.3, 0.9), (-0.3, 0.9), (-0.3, 0.3), (-0.9, 0.3), (-0.9, -0.3), (-0.3, -0.3),
+    ],
+    "pentagon": _regular(5),
+    "hexagon": _regular(6),
+    "heart": _heart(),
+    "arrow": [
+        (-0.9, -0.25), (0.2, -0.25), (0.2, -0.6), (0.9, 0.0), (0.2, 0.6), (0.2, 0.25), (-0.9, 0.25),
+    ],
+    "crescent": _crescent(),
+}  # fmt: skip
+
+
+def polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """The outline of `shape` centred at (cx, cy) with radius r, rotated by `angle` radians."""
+    ca, sa = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in _OUTLINES[shape]]
+
+
+def colour_rgb(name: str, rng: random.Random) -> tuple[int, int, int]:
+    """A jittered RGB sample of a named colour."""
+    hue, (s0, s1), (v0, v1) = COLOURS[name]
+    h = ((hue + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 360) / 360
+    r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(s0, s1), rng.uniform(v0, v1))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def muted_rgb(rng: random.Random, v: tuple[float, float] = (0.15, 0.9)) -> np.ndarray:
+    """A low-saturation colour, for backgrounds and clutter."""
+    r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(*v))
+    return np.array([r, g, b]) * 255
+
+
+def background(rng: random.Random, size: int, kind: str | None = None) -> Image.Image:
+    """A muted background: solid, gradient, stripes or smooth noise."""
+    kind = kind or rng.choice(("solid", "gradient", "stripes", "noise"))
+    a, b = muted_rgb(rng), muted_rgb(rng)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    if kind == "solid":
+        t = np.zeros((size, size))
+    elif kind == "gradient":
+        ang = rng.uniform(0, 2 * math.pi)
+        t = xx * math.cos(ang) + yy * math.sin(ang)
+        t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+    elif kind == "stripes":
+        ang = rng.uniform(0, math.pi)
+        period = rng.uniform(0.08, 0.3)
+        t = ((xx * math.cos(ang) + yy * math.sin(ang)) / period) % 1.0 < 0.5
+        t = t.astype(float)
+        b = a + (b - a) * 0.5
+    else:
+        nrng = np.random.default_rng(rng.getrandbits(32))
+        coarse = nrng.random((5, 5))
+        t = (
+            np.asarray(
+                Image.fromarray((coarse * 255).astype(np.uint8)).resize(
+                    (size, size), Image.BICUBIC
+                ),
+                dtype=float,
+            )
+            / 255
+        )
+    img = a[None, None, :] * (1 - t[..., None]) + b[None, None, :] * t[..., None]
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def clutter(draw: ImageDraw.ImageDraw, rng: random.Random, size: int, n: int) -> None:
+    """Thin lines, dots and small grey shapes that carry no class."""
+    for _ in range(n):
+        kind = rng.choice(("line", "dot", "shape"))
+        grey = int(rng.uniform(20, 235))
+        fill = (grey, grey, grey)
+        if kind == "line":
+            pts = [(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(2)]
+            draw.line(pts, fill=fill, width=max(1, size // 64))
+        elif kind == "dot":
+            x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(1, size / 24)
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+        else:
+            r = rng.uniform(size / 24, size / 12)
+            pts = polygon(
+                rng.choice(SHAPES), rng.uniform(0, size), rng.uniform(0, size), r,
+                rng.uniform(0, 2 * math.pi),
+            )  # fmt: skip
+            draw.polygon(pts, fill=fill)
+
+
+def draw_item(
+    rng: random.Random,
+    colour: str,
+    shape: str,
+    size: int = SIZE,
+    *,
+    style: str = "filled",
+    back: str | None = None,
+    n_clutter: int | None = None,
+    scale: tuple[float, float] = (0.22, 0.42),
+) -> Image.Image:
+    """One image of a `colour` `shape`, drawn at 2× and downsampled (anti-aliased).
+
+    style: "filled" (the dataset's), "outline", "bordered" (filled with a dark edge).
+    back: a background kind of `background`, or "white"/"black"/"paper" for plain ones.
+    """
+    big = size * 2
+    if back in ("white", "black", "paper"):
+        level = {"white": 255, "black": 0, "paper": int(rng.uniform(200, 245))}[back]
+        img = Image.new("RGB", (big, big), (level, level, level))
+    else:
+        img = background(rng, big, back)
+    draw = ImageDraw.Draw(img)
+    clutter(draw, rng, big, rng.randint(0, 4) if n_clutter is None else n_clutter)
+    r = rng.uniform(*scale) * big
+    margin = r * 0.6
+    cx, cy = rng.uniform(margin, big - margin), rng.uniform(margin, big - margin)
+    pts = polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
+    rgb = colour_rgb(colour, rng)
+    if style == "filled":
+        draw.polygon(pts, fill=rgb)
+    elif style == "outline":
+        draw.line(
+            [*pts, pts[0]], fill=rgb, width=max(2, int(r * rng.uniform(0.12, 0.25))), joint="curve"
+        )
+    elif style == "bordered":
+        edge = tuple(int(c * 0.3) for c in rgb)
+        draw.polygon(pts, fill=rgb)
+        draw.line([*pts, pts[0]], fill=edge, width=max(2, int(r * 0.1)), joint="curve")
+    else:
+        raise ValueError(f"unknown style {style!r}")
+    return img.resize((size, size), Image.LANCZOS)
+
+
+def camera(img: Image.Image, rng: random.Random, cast: float = 0.15, noise: float = 6.0):
+    """A camera's look: a white-balance cast (per-channel gain within ±cast), an exposure change
+    and sensor noise. The dataset's images are "photos" with these; pretraining sees weaker ones.
+    """
+    gains = np.array([rng.uniform(1 - cast, 1 + cast) for _ in range(3)]) * rng.uniform(0.8, 1.1)
+    x = np.asarray(img, dtype=float) * gains[None, None, :]
+    if noise > 0:
+        x = x + np.random.default_rng(rng.getrandbits(32)).normal(0.0, noise, x.shape)
+    return Image.fromarray(np.clip(x, 0, 255).round().astype(np.uint8))
+
+
+def item_seed(*parts: object) -> int:
+    """A 64-bit seed from its parts, the same on every platform."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def folder_name(classname: str) -> str:
+    return classname.replace(" ", "_")
+
+
+def generate(
+    root: Path,
+    seed: int = 0,
+    counts: dict[str, int] | None = None,
+    classes: tuple[str, ...] = CLASSES,
+    size: int = SIZE,
+) -> Path:
+    """Write the dataset to `root/shapes-fine` (unless it is already there) and return it."""
+    counts = dict(COUNTS if counts is None else counts)
+    root = Path(root)
+    out = root / "shapes-fine"
+    stamp = {
+        "version": VERSION,
+        "seed": seed,
+        "counts": counts,
+        "classes": list(classes),
+        "size": size,
+    }
+    if (out / SPLIT_FILE).is_file() and _read_stamp(out) == stamp:
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".shapes-fine.{seed}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    items: Split = {"train": [], "val": [], "test": []}
+    for label, cname in enumerate(classes):
+        colour, shape = cname.split(" ")
+        (tmp / "images" / folder_name(cname)).mkdir(parents=True)
+        for split, n in counts.items():
+            for i in range(n):
+                rng = random.Random(item_seed(VERSION, seed, split, cname, i))
+                rel = f"{folder_name(cname)}/{split}_{i:03d}.png"
+                img = camera(draw_item(rng, colour, shape, size), rng)
+                img.save(tmp / "images" / rel, optimize=False)
+                items[split].append((rel, label, cname))
+    save_split_file(items, tmp / SPLIT_FILE)
+    (tmp / ".shapes.json").write_text(json.dumps(stamp, sort_keys=True))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _read_stamp(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / ".shapes.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["CLASSES", "COLOURS", "SHAPES", "camera", "draw_item", "generate", "polygon"]
