@@ -57,8 +57,9 @@ class PromptLearner(nn.Module):
             with torch.no_grad():
                 emb = model.token_embedding(clip_model.tokenize([init_words]).to(device))
             ctx = emb[0, 1 : 1 + n_ctx].clone().to(dtype)
-            if csc:
-                ctx = ctx.unsqueeze(0).repeat(n_cls, 1, 1)
+            # CoOp (trainers/coop.py): initial words make one shared context; CSC applies only
+            # to the random initialisation
+            csc = False
             prefix_text = init_words
         else:
             shape = (n_cls, n_ctx, width) if csc else (n_ctx, width)

@@ -507,7 +507,7 @@ class RunState:
         config = self.config
         prompt_meta = {
             "n_ctx": self.learner.n_ctx,
-            "csc": config.csc,
+            "csc": self.learner.csc,
             "position": config.class_token_position,
             "ctx_init": config.ctx_init,
         }

@@ -123,3 +123,12 @@ def test_encode_texts_truncated_equals_encode_text(tiny_clip, n):
         plain = model.encode_text(clip_model.tokenize(texts)).float()
     assert fast.shape == plain.shape
     assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_ctx_init_makes_one_shared_context_even_with_csc(tiny):
+    """CoOp: initial words give one shared context (CSC only shapes the random init), and the
+    context length is CoOp's word count."""
+    shared = PromptLearner(tiny, NAMES, ctx_init="a photo of a", csc=True)
+    assert shared.ctx.dim() == 2 and shared.ctx.shape[0] == 4 and not shared.csc
+    random_csc = PromptLearner(tiny, NAMES, n_ctx=4, csc=True)
+    assert random_csc.ctx.shape[:2] == (len(NAMES), 4) and random_csc.csc
