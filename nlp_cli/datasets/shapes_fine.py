@@ -19,7 +19,6 @@ different image–caption pairs (outline styles, plain backgrounds, edits, more 
 from __future__ import annotations
 
 import colorsys
-import hashlib
 import json
 import math
 import random
@@ -29,6 +28,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nlp_cli.datasets.shapes import (  # the drawing shared with `shapes`
+    _read_stamp,
+    background,
+    folder_name,
+    item_seed,
+    polygon,
+)
 from nlp_cli.datasets.splits import Split, save_split_file
 
 # Hue (degrees), saturation range, value range. The ten class colours are in hue order, about
@@ -66,111 +72,12 @@ SPLIT_FILE = "split_shapes_fine.json"
 VERSION = 2
 
 
-def _regular(n: int, start: float = -math.pi / 2) -> list[tuple[float, float]]:
-    return [
-        (math.cos(start + 2 * math.pi * k / n), math.sin(start + 2 * math.pi * k / n))
-        for k in range(n)
-    ]
-
-
-def _star() -> list[tuple[float, float]]:
-    pts = []
-    for k in range(10):
-        r = 1.0 if k % 2 == 0 else 0.42
-        a = -math.pi / 2 + math.pi * k / 5
-        pts.append((r * math.cos(a), r * math.sin(a)))
-    return pts
-
-
-def _heart() -> list[tuple[float, float]]:
-    pts = []
-    for k in range(40):
-        t = 2 * math.pi * k / 40
-        x = 16 * math.sin(t) ** 3
-        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
-        pts.append((x / 17, -y / 17 + 0.1))
-    return pts
-
-
-def _crescent() -> list[tuple[float, float]]:
-    outer = [(math.cos(a), math.sin(a)) for a in np.linspace(0.35 * math.pi, 1.65 * math.pi, 24)]
-    inner = [
-        (0.45 + 0.8 * math.cos(a), 0.8 * math.sin(a))
-        for a in np.linspace(1.55 * math.pi, 0.45 * math.pi, 24)
-    ]
-    return [(float(x), float(y)) for x, y in outer + inner]
-
-
-_OUTLINES: dict[str, list[tuple[float, float]]] = {
-    "circle": _regular(48),
-    "square": [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)],
-    "triangle": [(x, y + 0.15) for x, y in _regular(3)],
-    "star": _star(),
-    "cross": [
-        (-0.3, -0.9), (0.3, -0.9), (0.3, -0.3), (0.9, -0.3), (0.9, 0.3), (0.3, 0.3),
-        (0.3, 0.9), (-0.3, 0.9), (-0.3, 0.3), (-0.9, 0.3), (-0.9, -0.3), (-0.3, -0.3),
-    ],
-    "pentagon": _regular(5),
-    "hexagon": _regular(6),
-    "heart": _heart(),
-    "arrow": [
-        (-0.9, -0.25), (0.2, -0.25), (0.2, -0.6), (0.9, 0.0), (0.2, 0.6), (0.2, 0.25), (-0.9, 0.25),
-    ],
-    "crescent": _crescent(),
-}  # fmt: skip
-
-
-def polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    """The outline of `shape` centred at (cx, cy) with radius r, rotated by `angle` radians."""
-    ca, sa = math.cos(angle), math.sin(angle)
-    return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in _OUTLINES[shape]]
-
-
 def colour_rgb(name: str, rng: random.Random) -> tuple[int, int, int]:
     """A jittered RGB sample of a named colour."""
     hue, (s0, s1), (v0, v1) = COLOURS[name]
     h = ((hue + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 360) / 360
     r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(s0, s1), rng.uniform(v0, v1))
     return int(r * 255), int(g * 255), int(b * 255)
-
-
-def muted_rgb(rng: random.Random, v: tuple[float, float] = (0.15, 0.9)) -> np.ndarray:
-    """A low-saturation colour, for backgrounds and clutter."""
-    r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(*v))
-    return np.array([r, g, b]) * 255
-
-
-def background(rng: random.Random, size: int, kind: str | None = None) -> Image.Image:
-    """A muted background: solid, gradient, stripes or smooth noise."""
-    kind = kind or rng.choice(("solid", "gradient", "stripes", "noise"))
-    a, b = muted_rgb(rng), muted_rgb(rng)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    if kind == "solid":
-        t = np.zeros((size, size))
-    elif kind == "gradient":
-        ang = rng.uniform(0, 2 * math.pi)
-        t = xx * math.cos(ang) + yy * math.sin(ang)
-        t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
-    elif kind == "stripes":
-        ang = rng.uniform(0, math.pi)
-        period = rng.uniform(0.08, 0.3)
-        t = ((xx * math.cos(ang) + yy * math.sin(ang)) / period) % 1.0 < 0.5
-        t = t.astype(float)
-        b = a + (b - a) * 0.5
-    else:
-        nrng = np.random.default_rng(rng.getrandbits(32))
-        coarse = nrng.random((5, 5))
-        t = (
-            np.asarray(
-                Image.fromarray((coarse * 255).astype(np.uint8)).resize(
-                    (size, size), Image.BICUBIC
-                ),
-                dtype=float,
-            )
-            / 255
-        )
-    img = a[None, None, :] * (1 - t[..., None]) + b[None, None, :] * t[..., None]
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
 def clutter(draw: ImageDraw.ImageDraw, rng: random.Random, size: int, n: int) -> None:
@@ -249,15 +156,6 @@ def camera(img: Image.Image, rng: random.Random, cast: float = 0.15, noise: floa
     return Image.fromarray(np.clip(x, 0, 255).round().astype(np.uint8))
 
 
-def item_seed(*parts: object) -> int:
-    """A 64-bit seed from its parts, the same on every platform."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
-
-
-def folder_name(classname: str) -> str:
-    return classname.replace(" ", "_")
-
-
 def generate(
     root: Path,
     seed: int = 0,
@@ -298,13 +196,6 @@ def generate(
         shutil.rmtree(out)
     tmp.rename(out)
     return out
-
-
-def _read_stamp(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / ".shapes.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 __all__ = ["CLASSES", "COLOURS", "SHAPES", "camera", "draw_item", "generate", "polygon"]
