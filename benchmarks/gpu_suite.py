@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_protocol import synthetic_features  # noqa: E402
 from bench_step import classnames, vit_b16  # noqa: E402
 
-from nlp_cli import artifacts, clip_model  # noqa: E402
+from nlp_cli import clip_model  # noqa: E402
 from nlp_cli import train as lib  # noqa: E402
 from nlp_cli.prompt import PromptLearner, plain_text_features, text_features  # noqa: E402
 
@@ -102,28 +103,6 @@ def step_case(model, n_cls: int, device, repeats: int, plain: bool) -> dict[str,
         out["plain_peak_mb"] = peak_mb(theirs, device)
         out["speedup"] = out["plain_s"] / out["ours_s"]
     return out
-
-
-def synthetic_features(path: Path, loaded, n_cls: int, n_train: int, n_test: int) -> Path:
-    names = classnames(n_cls)
-    with torch.no_grad():
-        protos = clip_model.hand_prompt_features(loaded.model, names).float().cpu()
-    g = torch.Generator().manual_seed(0)
-    tensors = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        labels = torch.arange(n) % n_cls
-        noise = F.normalize(torch.randn(n, protos.shape[1], generator=g), dim=-1)
-        tensors[f"{split}.features"] = (2.0 * protos[labels] + noise).half()
-        tensors[f"{split}.labels"] = labels
-    meta = {
-        "model": loaded.identity,
-        "dataset": "synthetic",
-        "classnames": names,
-        "options": {},
-        "upstream": {},
-        "key": "bench",
-    }
-    return artifacts.save(path, "features", tensors, meta)
 
 
 def full_run(loaded, feats: Path, device, epochs: int) -> dict[str, Any]:
@@ -228,7 +207,7 @@ def main() -> None:
             for c in sizes
         ]
         n_cls, n_train = (10, 256) if args.quick else (100, 4128)
-        feats = synthetic_features(Path(tmp) / "f.safetensors", loaded, n_cls, n_train, 512)
+        feats = synthetic_features(Path(tmp) / "f.safetensors", ckpt, n_cls, n_train, 512)
         report["full_run"] = full_run(loaded, feats, device, 2 if args.quick else 50)
         runs, epochs = (3, 1) if args.quick else (50, 2)
         report["batched"] = batched(loaded, feats, device, runs, epochs)
