@@ -238,3 +238,21 @@ def test_presets_are_the_example_grids(cli):
     assert r.code == 0 and len(json.loads(r.stdout)["cells"]) == 9 * 6 * 6 * 3
     bad = cli("sweep", "--preset", "dspt-tabel1", "--dry-run")
     assert bad.code == 2 and "did you mean 'dspt-table1'" in bad.stderr
+
+
+def test_ctrl_c_in_a_sweep_is_one_line_and_the_rerun_resumes(cli, features, tmp_path, monkeypatch):
+    """Ctrl-C inside a cell: `error: interrupted`, exit 130; the cell's training options ask
+    to resume, so a rerun continues its checkpoint instead of starting at epoch 1."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        f"datasets: [{features}]\nmodel: unused\nnoise: [{{sym: 0.4}}]\nmethods: [ce]\n"
+        "seeds: [1]\ntrain: {epochs: 2, batch_size: 16}\n"
+    )
+
+    def interrupted(self, inputs, opts):
+        assert opts.resume  # what makes the rerun continue the checkpoint
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep.Stages, "train_prompts", interrupted)
+    r = cli("sweep", grid, "--out", tmp_path / "sw")
+    assert r.code == 130 and r.stderr.strip().splitlines()[-1] == "error: interrupted"
