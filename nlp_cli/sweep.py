@@ -75,6 +75,8 @@ class Grid:
     embed: dict[str, Any] = field(default_factory=dict)
     shots: int | None = None
     metric: str = "last5"
+    # the paper's numbers to print beside ours: method → {(noise, rate): percent}
+    paper: dict[str, dict[tuple[str, float], float]] = field(default_factory=dict)
     zero_shot: bool = True
     untrained: bool = True
     out: Path | None = None
@@ -189,6 +191,7 @@ def load_grid(path: Path) -> Grid:
         "metric",
         "zero_shot",
         "untrained",
+        "paper",
         "out",
     }
     unknown = set(raw) - known
@@ -233,8 +236,58 @@ def load_grid(path: Path) -> Grid:
         metric=metric,
         zero_shot=bool(raw.get("zero_shot", True)),
         untrained=bool(raw.get("untrained", True)),
+        paper=_paper(raw.get("paper"), [m.name for m in methods], f"{path}: paper"),
         out=Path(raw["out"]) if raw.get("out") else None,
     )
+
+
+def _paper(raw: Any, methods: list[str], what: str) -> dict[str, dict[tuple[str, float], float]]:
+    """`paper: {METHOD: {"sym 0.8": 74.22, …}}` → {method: {("sym", 0.8): 74.22}}, checked."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"{what} must map method names to {{'sym 0.8': percent, …}}")
+    known = [*methods, "Zero-shot CLIP", "Untrained context"]
+    out: dict[str, dict[tuple[str, float], float]] = {}
+    for method, cells in raw.items():
+        if method not in known:
+            raise UsageError(f"{what}: unknown method {method!r}{did_you_mean(str(method), known)}")
+        if not isinstance(cells, dict):
+            raise UsageError(f"{what}: {method}: expected {{'sym 0.8': percent, …}}")
+        for setting, value in cells.items():
+            kind, _, rate = str(setting).partition(" ")
+            try:
+                key = (kind, float(rate or 0.0))
+                number = float(value)
+            except (TypeError, ValueError):
+                raise UsageError(
+                    f"{what}: {method}: {setting!r}: {value!r} is not a percent"
+                ) from None
+            if kind not in NOISE_TYPES:
+                raise UsageError(f"{what}: {method}: noise type {kind!r} unknown")
+            out.setdefault(str(method), {})[key] = number
+    return out
+
+
+def paper_rows(table: Any, paper: dict[str, dict[tuple[str, float], float]]) -> list[list[str]]:
+    """[method, setting, paper, ours, ours − paper] for every paper number the table has."""
+    from nlp_cli.tables import setting_label
+
+    rows = []
+    for method, cells in paper.items():
+        for setting, value in cells.items():
+            ours = table.cells.get((method, setting))
+            mean = None if ours is None else 100 * ours.mean
+            rows.append(
+                [
+                    method,
+                    setting_label(*setting),
+                    f"{value:.2f}",
+                    "–" if mean is None else f"{mean:.2f}",
+                    "–" if mean is None else f"{mean - value:+.2f}",
+                ]
+            )
+    return rows
 
 
 def _check_train(train: Any, what: str) -> None:
@@ -544,7 +597,15 @@ def write_tables(result: SweepResult, grid: Grid, plot: bool = True) -> dict[str
         "csv": result.folder / "table.csv",
         "results": result.folder / "results.json",
     }
-    artifacts.atomic_write_text(out["markdown"], tables.markdown(built))
+    text = tables.markdown(built)
+    if grid.paper:
+        rows = paper_rows(built[-1], grid.paper)
+        text += (
+            f"\n**{built[-1].title}: the paper's numbers beside ours**\n\n"
+            "| Method | Setting | Paper | Ours | Ours − paper |\n|---|---|---:|---:|---:|\n"
+            + "".join("| " + " | ".join(r) + " |\n" for r in rows)
+        )
+    artifacts.atomic_write_text(out["markdown"], text)
     artifacts.atomic_write_text(out["csv"], tables.to_csv(built))
     artifacts.atomic_write_text(
         out["results"],

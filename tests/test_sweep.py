@@ -256,3 +256,19 @@ def test_ctrl_c_in_a_sweep_is_one_line_and_the_rerun_resumes(cli, features, tmp_
     monkeypatch.setattr(sweep.Stages, "train_prompts", interrupted)
     r = cli("sweep", grid, "--out", tmp_path / "sw")
     assert r.code == 130 and r.stderr.strip().splitlines()[-1] == "error: interrupted"
+
+
+def test_the_papers_numbers_print_beside_ours(grid_file):
+    text = grid_file.read_text() + "paper:\n  DSPT: {sym 0.4: 80.0}\n  ce: {pair 0.2: 60.0}\n"
+    grid_file.write_text(text)
+    grid = sweep.load_grid(grid_file)
+    assert grid.paper == {"DSPT": {("sym", 0.4): 80.0}, "ce": {("pair", 0.2): 60.0}}
+    result = sweep.run_sweep(grid, stages=FakeStages())
+    md = sweep.write_tables(result, grid, plot=False)["markdown"].read_text()
+    assert "the paper's numbers beside ours" in md
+    row = next(line for line in md.splitlines() if line.startswith("| DSPT | Sym 40% | 80.00"))
+    ours = float(row.split("|")[4])
+    assert row.split("|")[5].strip() == f"{ours - 80.0:+.2f}"
+    grid_file.write_text(grid_file.read_text().replace("DSPT: {sym", "DSTP: {sym"))
+    with pytest.raises(UsageError, match="did you mean 'DSPT'"):
+        sweep.load_grid(grid_file)
