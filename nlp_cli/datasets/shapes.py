@@ -115,10 +115,12 @@ def polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in _OUTLINES[shape]]
 
 
-def colour_rgb(name: str, rng: random.Random) -> tuple[int, int, int]:
-    """A jittered RGB sample of a named colour."""
-    hue, (s0, s1), (v0, v1) = COLOURS[name]
-    h = ((hue + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 360) / 360
+def colour_rgb(
+    name: str, rng: random.Random, colours: dict | None = None, jitter: float = HUE_JITTER
+) -> tuple[int, int, int]:
+    """A jittered RGB sample of a named colour (of `colours`, default this world's)."""
+    hue, (s0, s1), (v0, v1) = (colours or COLOURS)[name]
+    h = ((hue + rng.uniform(-jitter, jitter)) % 360) / 360
     r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(s0, s1), rng.uniform(v0, v1))
     return int(r * 255), int(g * 255), int(b * 255)
 
@@ -162,8 +164,15 @@ def background(rng: random.Random, size: int, kind: str | None = None) -> Image.
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def clutter(draw: ImageDraw.ImageDraw, rng: random.Random, size: int, n: int) -> None:
-    """Thin lines, dots and small grey shapes that carry no class."""
+def clutter(
+    draw: ImageDraw.ImageDraw,
+    rng: random.Random,
+    size: int,
+    n: int,
+    shapes: tuple[str, ...] | None = None,
+) -> None:
+    """Thin lines, dots and small grey shapes (of `shapes`, default this world's) that carry
+    no class."""
     for _ in range(n):
         kind = rng.choice(("line", "dot", "shape"))
         grey = int(rng.uniform(20, 235))
@@ -177,7 +186,7 @@ def clutter(draw: ImageDraw.ImageDraw, rng: random.Random, size: int, n: int) ->
         else:
             r = rng.uniform(size / 24, size / 12)
             pts = polygon(
-                rng.choice(SHAPES), rng.uniform(0, size), rng.uniform(0, size), r,
+                rng.choice(shapes or SHAPES), rng.uniform(0, size), rng.uniform(0, size), r,
                 rng.uniform(0, 2 * math.pi),
             )  # fmt: skip
             draw.polygon(pts, fill=fill)
@@ -193,6 +202,8 @@ def draw_item(
     back: str | None = None,
     n_clutter: int | None = None,
     scale: tuple[float, float] = (0.22, 0.42),
+    colours: dict | None = None,
+    shapes: tuple[str, ...] | None = None,
 ) -> Image.Image:
     """One image of a `colour` `shape`, drawn at 2× and downsampled (anti-aliased).
 
@@ -206,12 +217,12 @@ def draw_item(
     else:
         img = background(rng, big, back)
     draw = ImageDraw.Draw(img)
-    clutter(draw, rng, big, rng.randint(0, 4) if n_clutter is None else n_clutter)
+    clutter(draw, rng, big, rng.randint(0, 4) if n_clutter is None else n_clutter, shapes)
     r = rng.uniform(*scale) * big
     margin = r * 0.6
     cx, cy = rng.uniform(margin, big - margin), rng.uniform(margin, big - margin)
     pts = polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
-    rgb = colour_rgb(colour, rng)
+    rgb = colour_rgb(colour, rng, colours)
     if style == "filled":
         draw.polygon(pts, fill=rgb)
     elif style == "outline":

@@ -18,9 +18,7 @@ different image–caption pairs (outline styles, plain backgrounds, edits, more 
 
 from __future__ import annotations
 
-import colorsys
 import json
-import math
 import random
 import shutil
 from pathlib import Path
@@ -28,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+import nlp_cli.datasets.shapes as _shapes
 from nlp_cli.datasets.shapes import (  # the drawing shared with `shapes`
     _read_stamp,
-    background,
     folder_name,
     item_seed,
     polygon,
@@ -73,76 +71,18 @@ VERSION = 2
 
 
 def colour_rgb(name: str, rng: random.Random) -> tuple[int, int, int]:
-    """A jittered RGB sample of a named colour."""
-    hue, (s0, s1), (v0, v1) = COLOURS[name]
-    h = ((hue + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 360) / 360
-    r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(s0, s1), rng.uniform(v0, v1))
-    return int(r * 255), int(g * 255), int(b * 255)
+    """A jittered RGB sample of one of this world's colours."""
+    return _shapes.colour_rgb(name, rng, COLOURS, HUE_JITTER)
 
 
 def clutter(draw: ImageDraw.ImageDraw, rng: random.Random, size: int, n: int) -> None:
-    """Thin lines, dots and small grey shapes that carry no class."""
-    for _ in range(n):
-        kind = rng.choice(("line", "dot", "shape"))
-        grey = int(rng.uniform(20, 235))
-        fill = (grey, grey, grey)
-        if kind == "line":
-            pts = [(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(2)]
-            draw.line(pts, fill=fill, width=max(1, size // 64))
-        elif kind == "dot":
-            x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(1, size / 24)
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
-        else:
-            r = rng.uniform(size / 24, size / 12)
-            pts = polygon(
-                rng.choice(SHAPES), rng.uniform(0, size), rng.uniform(0, size), r,
-                rng.uniform(0, 2 * math.pi),
-            )  # fmt: skip
-            draw.polygon(pts, fill=fill)
+    """`shapes`' clutter, with this world's shapes."""
+    _shapes.clutter(draw, rng, size, n, SHAPES)
 
 
-def draw_item(
-    rng: random.Random,
-    colour: str,
-    shape: str,
-    size: int = SIZE,
-    *,
-    style: str = "filled",
-    back: str | None = None,
-    n_clutter: int | None = None,
-    scale: tuple[float, float] = (0.22, 0.42),
-) -> Image.Image:
-    """One image of a `colour` `shape`, drawn at 2× and downsampled (anti-aliased).
-
-    style: "filled" (the dataset's), "outline", "bordered" (filled with a dark edge).
-    back: a background kind of `background`, or "white"/"black"/"paper" for plain ones.
-    """
-    big = size * 2
-    if back in ("white", "black", "paper"):
-        level = {"white": 255, "black": 0, "paper": int(rng.uniform(200, 245))}[back]
-        img = Image.new("RGB", (big, big), (level, level, level))
-    else:
-        img = background(rng, big, back)
-    draw = ImageDraw.Draw(img)
-    clutter(draw, rng, big, rng.randint(0, 4) if n_clutter is None else n_clutter)
-    r = rng.uniform(*scale) * big
-    margin = r * 0.6
-    cx, cy = rng.uniform(margin, big - margin), rng.uniform(margin, big - margin)
-    pts = polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
-    rgb = colour_rgb(colour, rng)
-    if style == "filled":
-        draw.polygon(pts, fill=rgb)
-    elif style == "outline":
-        draw.line(
-            [*pts, pts[0]], fill=rgb, width=max(2, int(r * rng.uniform(0.12, 0.25))), joint="curve"
-        )
-    elif style == "bordered":
-        edge = tuple(int(c * 0.3) for c in rgb)
-        draw.polygon(pts, fill=rgb)
-        draw.line([*pts, pts[0]], fill=edge, width=max(2, int(r * 0.1)), joint="curve")
-    else:
-        raise ValueError(f"unknown style {style!r}")
-    return img.resize((size, size), Image.LANCZOS)
+def draw_item(rng: random.Random, colour: str, shape: str, size: int = SIZE, **kw) -> Image.Image:
+    """`shapes`' drawing of one item, with this world's colours and shapes."""
+    return _shapes.draw_item(rng, colour, shape, size, colours=COLOURS, shapes=SHAPES, **kw)
 
 
 def camera(img: Image.Image, rng: random.Random, cast: float = 0.15, noise: float = 6.0):
