@@ -20,6 +20,7 @@ import json
 import math
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -255,20 +256,47 @@ def generate(
     size: int = SIZE,
 ) -> Path:
     """Write the dataset to `root/shapes` (unless it is already there) and return that folder."""
-    counts = dict(COUNTS if counts is None else counts)
+    return write_world(
+        root,
+        "shapes",
+        SPLIT_FILE,
+        VERSION,
+        draw_item,
+        seed,
+        COUNTS if counts is None else counts,
+        classes,
+        size,
+    )
+
+
+def write_world(
+    root: Path,
+    name: str,
+    split_file: str,
+    version: int,
+    render: Callable[[random.Random, str, str, int], Image.Image],
+    seed: int,
+    counts: dict[str, int],
+    classes: tuple[str, ...],
+    size: int,
+) -> Path:
+    """Write a generated world to `root/name` (unless the same one is there) and return it:
+    `render(rng, colour, shape, size)` draws each image from its own seed, the split file and a
+    stamp of what made it are written beside the images, and the folder appears whole."""
+    counts = dict(counts)
     root = Path(root)
-    out = root / "shapes"
+    out = root / name
     stamp = {
-        "version": VERSION,
+        "version": version,
         "seed": seed,
         "counts": counts,
         "classes": list(classes),
         "size": size,
     }
-    if (out / SPLIT_FILE).is_file() and _read_stamp(out) == stamp:
+    if (out / split_file).is_file() and _read_stamp(out) == stamp:
         return out
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".shapes.{seed}.tmp"
+    tmp = root / f".{name}.{seed}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     items: Split = {"train": [], "val": [], "test": []}
     for label, cname in enumerate(classes):
@@ -276,11 +304,11 @@ def generate(
         (tmp / "images" / folder_name(cname)).mkdir(parents=True)
         for split, n in counts.items():
             for i in range(n):
-                rng = random.Random(item_seed(VERSION, seed, split, cname, i))
+                rng = random.Random(item_seed(version, seed, split, cname, i))
                 rel = f"{folder_name(cname)}/{split}_{i:03d}.png"
-                draw_item(rng, colour, shape, size).save(tmp / "images" / rel, optimize=False)
+                render(rng, colour, shape, size).save(tmp / "images" / rel, optimize=False)
                 items[split].append((rel, label, cname))
-    save_split_file(items, tmp / SPLIT_FILE)
+    save_split_file(items, tmp / split_file)
     (tmp / ".shapes.json").write_text(json.dumps(stamp, sort_keys=True))
     if out.exists():
         shutil.rmtree(out)

@@ -18,9 +18,7 @@ different image–caption pairs (outline styles, plain backgrounds, edits, more 
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +26,10 @@ from PIL import Image, ImageDraw
 
 import nlp_cli.datasets.shapes as _shapes
 from nlp_cli.datasets.shapes import (  # the drawing shared with `shapes`
-    _read_stamp,
     folder_name,
     item_seed,
     polygon,
 )
-from nlp_cli.datasets.splits import Split, save_split_file
 
 # Hue (degrees), saturation range, value range. The ten class colours are in hue order, about
 # 30 degrees apart: with the hue jitter and the dataset's colour casts, neighbours overlap.
@@ -104,38 +100,31 @@ def generate(
     size: int = SIZE,
 ) -> Path:
     """Write the dataset to `root/shapes-fine` (unless it is already there) and return it."""
-    counts = dict(COUNTS if counts is None else counts)
-    root = Path(root)
-    out = root / "shapes-fine"
-    stamp = {
-        "version": VERSION,
-        "seed": seed,
-        "counts": counts,
-        "classes": list(classes),
-        "size": size,
-    }
-    if (out / SPLIT_FILE).is_file() and _read_stamp(out) == stamp:
-        return out
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".shapes-fine.{seed}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    items: Split = {"train": [], "val": [], "test": []}
-    for label, cname in enumerate(classes):
-        colour, shape = cname.split(" ")
-        (tmp / "images" / folder_name(cname)).mkdir(parents=True)
-        for split, n in counts.items():
-            for i in range(n):
-                rng = random.Random(item_seed(VERSION, seed, split, cname, i))
-                rel = f"{folder_name(cname)}/{split}_{i:03d}.png"
-                img = camera(draw_item(rng, colour, shape, size), rng)
-                img.save(tmp / "images" / rel, optimize=False)
-                items[split].append((rel, label, cname))
-    save_split_file(items, tmp / SPLIT_FILE)
-    (tmp / ".shapes.json").write_text(json.dumps(stamp, sort_keys=True))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+
+    def render(rng: random.Random, colour: str, shape: str, size: int) -> Image.Image:
+        return camera(draw_item(rng, colour, shape, size), rng)
+
+    return _shapes.write_world(
+        root,
+        "shapes-fine",
+        SPLIT_FILE,
+        VERSION,
+        render,
+        seed,
+        COUNTS if counts is None else counts,
+        classes,
+        size,
+    )
 
 
-__all__ = ["CLASSES", "COLOURS", "SHAPES", "camera", "draw_item", "generate", "polygon"]
+__all__ = [
+    "CLASSES",
+    "COLOURS",
+    "SHAPES",
+    "camera",
+    "draw_item",
+    "folder_name",
+    "generate",
+    "item_seed",
+    "polygon",
+]
