@@ -8,6 +8,7 @@ NLPrompt code computes it (docs: SPEC §2), with NLPrompt's curriculum budget as
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ SOLVERS = ("torch", "pot")
 # Above this span of a column of the cost divided by reg, exp(-M/reg) leaves float64's range
 # (exp(-708) is its smallest normal number), so the scaling iterations would divide by zero.
 LOG_DOMAIN_SPAN = 600.0
+# Progress of an iterative solver: (iterations done, the most it may take, the current error),
+# called where the error is computed anyway (every 10th Sinkhorn iteration): no extra
+# synchronisation with the device.
+Progress = Callable[[int, int, float], None]
 
 
 @dataclass
@@ -43,6 +48,7 @@ class PurifierSpec:
     fn: Callable[..., PartitionResult]
     defaults: dict[str, Any]
     doc: str
+    reports: bool = False  # takes `on_progress`
 
 
 _REGISTRY: Registry[PurifierSpec] = Registry("purifier")
@@ -52,7 +58,9 @@ def register(name: str, **defaults: Any) -> Callable[[Callable[..., PartitionRes
     """Decorator adding a purifier to the registry under `name`."""
 
     def wrap(fn: Callable[..., PartitionResult]) -> Callable[..., PartitionResult]:
-        _REGISTRY.add(name, PurifierSpec(name, fn, dict(defaults), first_doc_line(fn)))
+        reports = "on_progress" in inspect.signature(fn).parameters
+        spec = PurifierSpec(name, fn, dict(defaults), first_doc_line(fn), reports)
+        _REGISTRY.add(name, spec)
         return fn
 
     return wrap
@@ -74,9 +82,11 @@ def purify(
     text_feats: torch.Tensor,
     labels: torch.Tensor,
     logit_scale: float,
+    on_progress: Progress | None = None,
     **options: Any,
 ) -> PartitionResult:
-    """Run the purifier `name`; options it does not know are a UsageError."""
+    """Run the purifier `name`; options it does not know are a UsageError. A purifier with an
+    iterative solver reports through `on_progress(iteration, max_iterations, error)`."""
     spec = get(name)
     unknown = [k for k in options if k not in spec.defaults]
     if unknown:
@@ -84,7 +94,8 @@ def purify(
         raise UsageError(f"purifier {name!r} has no option {unknown[0]!r} (its options: {have})")
     opts = {**spec.defaults, **{k: v for k, v in options.items() if v is not None}}
     _check_inputs(image_feats, text_feats, labels)
-    result = spec.fn(image_feats, text_feats, labels, logit_scale, **opts)
+    hooks = {"on_progress": on_progress} if on_progress is not None and spec.reports else {}
+    result = spec.fn(image_feats, text_feats, labels, logit_scale, **opts, **hooks)
     result.info.setdefault("method", name)
     result.info.setdefault("options", opts)
     return result
@@ -141,6 +152,7 @@ def sinkhorn(
     max_iter: int = 1000,
     stop_thr: float = 1e-6,
     log_domain: bool | None = None,
+    on_progress: Progress | None = None,
 ) -> SinkhornResult:
     """Entropic OT plan for cost M [..., N, C] and marginals a [N], b [C] (uniform by default).
 
@@ -149,7 +161,8 @@ def sinkhorn(
     dimension solves several problems at once. `log_domain=None` picks the log domain when
     exp(−M/reg) would underflow (`needs_log_domain`), and also when the scaling form meets a
     non-finite value on the way; `False` keeps the scaling form and, like POT, stops at the
-    last finite iterate.
+    last finite iterate. `on_progress(iteration, max_iter, error)` hears each error check (a
+    fallback to the log domain counts its iterations from 1 again).
     """
     if reg <= 0:
         raise ValueError("reg must be positive")
@@ -164,12 +177,14 @@ def sinkhorn(
         log_domain = needs_log_domain(M, reg)
     fell_back = False
     if not log_domain:
-        plan, it, err, converged, finite = _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr)
+        plan, it, err, converged, finite = _sinkhorn_scaling(
+            M, a, b, reg, max_iter, stop_thr, on_progress
+        )
         if finite or not auto:
             return SinkhornResult(plan, it, err, False, converged)
         del plan
         fell_back = True
-    plan, it, err, converged = _sinkhorn_log(M, a, b, reg, max_iter, stop_thr)
+    plan, it, err, converged = _sinkhorn_log(M, a, b, reg, max_iter, stop_thr, on_progress)
     return SinkhornResult(plan, it, err, True, converged, fell_back)
 
 
@@ -188,7 +203,7 @@ def needs_log_domain(M: torch.Tensor, reg: float) -> bool:
     return cost_span(M, reg) > LOG_DOMAIN_SPAN
 
 
-def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
+def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr, on_progress=None):
     # Adding a constant to a column of M rescales v and leaves the plan, and every iterate
     # of u, unchanged (v is updated first); a zero minimum per column keeps exp(−M/reg) in
     # float64's range. Row shifts would be as harmless at convergence, but they change
@@ -209,6 +224,8 @@ def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
             break
         if it % 10 == 0:
             err = float((v * _times(Kt, u) - b).norm(dim=-1).max())
+            if on_progress is not None:
+                on_progress(it + 1, max_iter, err)
             if err < stop_thr:
                 converged = True
                 break
@@ -225,7 +242,7 @@ _BLOCK = 1 << 17
 _LOG_FLOOR = -700.0
 
 
-def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr):
+def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr, on_progress=None):
     """Sinkhorn on the dual potentials u = f/reg, v = g/reg: POT's `sinkhorn_log`.
 
     POT's updates are v = log b − logsumexp_i(−M/reg + u) and u = log a − logsumexp_j(−M/reg
@@ -254,6 +271,8 @@ def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr):
         col = _plan_into(plan, M3, u, v, reg, rows)
         if (it - 1) % 10 == 0:
             err = float((col - b).norm(dim=-1).max())
+            if on_progress is not None:
+                on_progress(it, max_iter, err)
             if err < stop_thr:
                 converged = True
                 break
@@ -434,13 +453,15 @@ def promptot(
     log_domain: bool | None = None,
     budget: float | None = None,
     keep_coupling: bool = False,
+    on_progress: Progress | None = None,
 ) -> PartitionResult:
     """PromptOT: optimal transport from images to text prototypes; clean ⇔ plan argmax = label.
 
     Features are raw (normalised here). The score of a sample is the share of its row of the
     plan that goes to its given label. `solver="pot"` runs POT's `sinkhorn_log` where ours
     would run in the log domain, else its `sinkhorn`. `budget` (0 < budget ≤ 1, default off)
-    is NLPrompt's curriculum: only the `budget_mask` rows can be clean.
+    is NLPrompt's curriculum: only the `budget_mask` rows can be clean. `on_progress` follows
+    the torch solver's iterations (POT's loop reports nothing).
     """
     if solver not in SOLVERS:
         raise UsageError(f"unknown OT solver {solver!r}: choose from {', '.join(SOLVERS)}")
@@ -464,7 +485,14 @@ def promptot(
         converged = error < stop_thr
         info["pot_method"] = method
     else:
-        res = sinkhorn(M, reg=reg, max_iter=max_iter, stop_thr=stop_thr, log_domain=log_domain)
+        res = sinkhorn(
+            M,
+            reg=reg,
+            max_iter=max_iter,
+            stop_thr=stop_thr,
+            log_domain=log_domain,
+            on_progress=on_progress,
+        )
         plan, iterations, error, use_log, converged, fell_back = (
             res.coupling,
             res.iterations,

@@ -307,7 +307,20 @@ def _as_list(x: Any) -> list:
 
 
 class Stages:
-    """The stages a sweep runs: the library's (tests substitute recording stand-ins)."""
+    """The stages a sweep runs: the library's (tests substitute recording stand-ins).
+
+    `on_step` and `on_checkpoint` go to every `train_prompts` (the front end's progress of the
+    training steps and its test hook)."""
+
+    on_step: Callable[[int, int, int, int], None] | None = None
+    on_checkpoint: Callable[[], None] | None = None
+
+    def __init__(
+        self,
+        on_step: Callable[[int, int, int, int], None] | None = None,
+        on_checkpoint: Callable[[], None] | None = None,
+    ) -> None:
+        self.on_step, self.on_checkpoint = on_step, on_checkpoint
 
     def download(self, dataset: str) -> Any:
         from nlp_cli import stages
@@ -332,7 +345,9 @@ class Stages:
     def train_prompts(self, inputs: list[Path], opts: Any) -> Any:
         from nlp_cli import stages
 
-        return stages.train_prompts(inputs, opts)
+        return stages.train_prompts(
+            inputs, opts, on_step=self.on_step, on_checkpoint=self.on_checkpoint
+        )
 
     def evaluate(
         self, prompt: Path | None, features: Path | None, device: str, untrained: int | None = None
@@ -500,7 +515,9 @@ def run_sweep(
     """Run this rank's share of the grid's unfinished cells and collect every finished cell.
 
     With `batch`, this rank's cells that share a dataset and training options train together
-    (different losses, seeds, label sets): one text-encoder pass per step.
+    (different losses, seeds, label sets): one text-encoder pass per step. `progress(cell,
+    state)` hears each cell as "cached", as "running" when its training starts, and as "done"
+    once its metrics are written.
     """
     stages = stages or Stages()
     folder = grid.folder()
@@ -532,6 +549,8 @@ def run_sweep(
             opts = train_options(grid, cell, prompt, device)
             stages.train_prompts([train_input], opts)
         finish_cell(grid, cell, feats[cell.dataset], prompt, stages, device)
+        if progress:
+            progress(cell, "done")
     if world > 1:
         _barrier()
         if rank != 0:

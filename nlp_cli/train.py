@@ -558,6 +558,7 @@ def train_many(
     inspect: Callable[[int, int, PromptLearner], None] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
     on_start: Callable[[], None] | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
 ) -> list[TrainResult]:
     """Train R prompts over the same features at once; result r equals train_prompt's for run r.
 
@@ -567,7 +568,9 @@ def train_many(
     (prompt.text_features_many) and backpropagates the sum of their losses: run r's ctx gets
     run r's gradient alone. `on_epoch(r, record)` and `inspect(r, epoch, learner)` are called
     as run r finishes an epoch, `on_checkpoint()` after its checkpoint is written, `on_start()`
-    once every run is set up (inputs checked), before the first epoch.
+    once every run is set up (inputs checked), before the first epoch, and `on_step(epoch,
+    step, steps)` after each optimiser step (`step` of the epoch's `steps`, both counted from 1;
+    `epoch` from 0). It hears plain integers: nothing is read back from the device for it.
     """
     runs, model, scale, test_x, test_y = _setup(
         datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys
@@ -585,7 +588,8 @@ def train_many(
         for name in dict.fromkeys(r.config.effective_method for r in active):
             same = [r for r in active if r.config.effective_method == name]
             same[0].method.before_epoch(model, same, epoch, scale)
-        for step in range(max((r.steps for r in active), default=0)):
+        steps = max((r.steps for r in active), default=0)
+        for step in range(steps):
             stepping = [r for r in active if step < r.steps]
             with clip_model.autocast(device, precision):
                 texts = text_features_many(model, [r.learner for r in stepping])
@@ -597,6 +601,8 @@ def train_many(
             for r in stepping:
                 r.scaler.step(r.optim)
                 r.scaler.update()
+            if on_step is not None:
+                on_step(epoch, step + 1, steps)
         accs = accuracies(model, [r.learner for r in active], test_x, test_y)
         for r, acc in zip(active, accs, strict=True):
             record = r.end_epoch(epoch, acc)

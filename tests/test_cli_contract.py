@@ -97,10 +97,10 @@ def test_threads_option_reaches_torch_and_is_recorded(cli, features, tmp_path):
 
 
 def test_progress_lines_for_logs_carry_rate_and_eta(capsys, monkeypatch):
-    from nlp_cli.cli import common
+    from nlp_cli.cli import common, progress
 
     clock = iter([0.0, 2.0, 2.5, 4.0])
-    monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     ticker = common.Ticker("embedding", "images", interval=1.0)
     ticker.update(0, 10)
     ticker.update(4, 10)

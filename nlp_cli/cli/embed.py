@@ -12,12 +12,12 @@ from nlp_cli.cli.common import (
     AsJson,
     Device,
     Precision,
-    Ticker,
     finish,
     resolve_run,
     said,
     test_pause,
 )
+from nlp_cli.cli.progress import Meter
 
 
 def _init_distributed(device: str) -> bool:
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
 
             opts.device = f"cuda:{torch.cuda.current_device()}"
         try:
-            with _Bar() as bar:
+            with Meter("embedding", "images") as bar:
                 result = run_embed(
                     dataset,
                     model,
@@ -110,39 +110,3 @@ def register(app: typer.Typer) -> None:
         if not result.cache_hit:
             said(opts.device, opts.precision)
         finish(result, as_json)
-
-
-class _Bar:
-    """A Rich progress bar on stderr fed by (done, total) callbacks."""
-
-    def __enter__(self) -> _Bar:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        self.progress = Progress(
-            *columns, TimeRemainingColumn(), console=output.console, transient=True
-        )
-        self.task = None
-        self.live = output.console.is_terminal
-        self.ticker = Ticker("embedding", "images")
-        if self.live:
-            self.progress.start()
-        return self
-
-    def update(self, done: int, total: int) -> None:
-        if not self.live:
-            self.ticker.update(done, total)
-            return
-        if self.task is None:
-            self.task = self.progress.add_task("embedding", total=total)
-        self.progress.update(self.task, completed=done, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live:
-            self.progress.stop()

@@ -9,6 +9,7 @@ import typer
 from nlp_cli.cli import output
 from nlp_cli.cli.common import AsJson, Device, Model, Out, Precision, finish, resolve_run, said
 from nlp_cli.cli.names import PURIFIERS
+from nlp_cli.cli.progress import Meter
 from nlp_cli.errors import UsageError
 
 
@@ -74,7 +75,14 @@ def register(app: typer.Typer) -> None:
         )
         opts.validate()
         path = output.input_path(labels, "label set")
-        result = make_partition(path, opts, out, report)
+        with Meter("Sinkhorn", "iterations", bound=True) as bar:
+            result = make_partition(
+                path,
+                opts,
+                out,
+                report,
+                on_progress=lambda it, most, error: bar.update(it, most, f"error {error:.1e}"),
+            )
         if not result.cache_hit:
             said(device, precision)
         finish(result, as_json)

@@ -10,6 +10,7 @@ import typer
 from nlp_cli.cli import output
 from nlp_cli.cli.common import Precision, show, test_pause
 from nlp_cli.cli.names import LOSSES
+from nlp_cli.cli.progress import Steps
 from nlp_cli.errors import UsageError
 
 
@@ -275,9 +276,15 @@ def register(app: typer.Typer) -> None:
             loss_knobs=per_loss,
         )
         inputs = list(data) if data else [output.input_path(None, "label set")]
-        results = train_prompts(
-            inputs, opts, on_epoch=_progress(), on_checkpoint=test_pause, on_info=output.info
-        )
+        with Steps() as steps:
+            results = train_prompts(
+                inputs,
+                opts,
+                on_epoch=_progress(),
+                on_checkpoint=test_pause,
+                on_info=output.info,
+                on_step=steps,
+            )
         for r in results:
             show(r)
         if len(results) == 1:

@@ -114,8 +114,10 @@ def make_partition(
     opts: PurifyOptions | None = None,
     out: Path | None = None,
     report: Path | None = None,
+    on_progress: purifiers.Progress | None = None,
 ) -> StageResult:
-    """Purify a label set (or re-purify a partition); with `report`, also a CSV of suspects."""
+    """Purify a label set (or re-purify a partition); with `report`, also a CSV of suspects.
+    `on_progress(iteration, max_iterations, error)` follows PromptOT's Sinkhorn iterations."""
     from nlp_cli import clip_model
 
     opts = opts or PurifyOptions()
@@ -162,6 +164,7 @@ def make_partition(
         text.float().cpu(),
         given,
         loaded.logit_scale,
+        on_progress=on_progress,
         **purifier_opts,
     )
     if verdict.info.get("converged") is False:

@@ -259,6 +259,7 @@ def _needs_purifying(cfg: Any, data: Any) -> bool:
 
 
 EpochCallback = Callable[[int, str, dict[str, Any], Any], None]
+StepCallback = Callable[[int, int, int, int], None]
 
 
 def train_prompts(
@@ -267,12 +268,14 @@ def train_prompts(
     on_epoch: EpochCallback | None = None,
     on_checkpoint: Callable[[], None] | None = None,
     on_info: Callable[[str], None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> list[StageResult]:
     """Train every requested run (cached ones are not retrained); one result per run, in order.
 
     `on_epoch(run, label, record, config)` follows each run's epochs; `on_checkpoint()` runs
     after each epoch's checkpoint is on disk; `on_info(line)` hears which device and precision
-    run before the work starts.
+    run before the work starts; `on_step(epoch, step, steps, epochs)` follows the optimiser
+    steps of the runs training together (`epochs`: the most any of them trains).
     """
     from nlp_cli import checkpoints, clip_model
     from nlp_cli.evaluate import last_k_mean
@@ -305,7 +308,7 @@ def train_prompts(
             )
         said = f"training on {group[0].config.device} ({group[0].config.precision})"
         start = (lambda line=said: on_info(line)) if on_info is not None else None
-        _train_group(group, loaded, opts, on_epoch, on_checkpoint, notes, runs, start)
+        _train_group(group, loaded, opts, on_epoch, on_checkpoint, notes, runs, start, on_step)
     results = []
     for r in runs:
         history = artifacts.read_meta(r.target).get("history") or []
@@ -343,6 +346,7 @@ def _train_group(
     notes: dict[int, list[str]],
     runs: list[_Run],
     on_start: Callable[[], None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> None:
     """Train a group together and write each run's prompt file (and its checkpoint meanwhile)."""
     from nlp_cli import checkpoints
@@ -355,6 +359,9 @@ def _train_group(
             r = group[i]
             on_epoch(runs.index(r), r.label if len(group) > 1 else "", record, r.config)
 
+    epochs = max(r.config.epochs for r in group)
+    step = None if on_step is None else (lambda e, s, n: on_step(e, s, n, epochs))
+
     results = lib.train_many(
         [r.data for r in group],
         [r.config for r in group],
@@ -366,6 +373,7 @@ def _train_group(
         on_epoch=progress,
         on_checkpoint=on_checkpoint,
         on_start=on_start,
+        on_step=step,
     )
     for r, result, ckpt in zip(group, results, ckpts, strict=True):
         if result.info.get("resumed_at"):
