@@ -290,3 +290,16 @@ def test_pipeline_end_to_end_on_a_local_open_clip_checkpoint(nlp_home, tmp_path,
         clip_model.model_ref("tiny-shapes", str(ckpt))
     wrong = cli("embed", str(folder), "--model", "open_clip:tiny-oc", "--device", "cpu")
     assert wrong.code == 2 and "needs its weights" in wrong.stderr
+
+
+def test_sweep_names_open_clip_weights_in_its_pretrained_key(tmp_path):
+    from nlp_cli import sweep
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "datasets: [shapes]\nmodel: open_clip:ViT-B-32\npretrained: w.pt\nmethods: [ce]\n"
+    )
+    assert sweep.load_grid(grid).model == "open_clip:ViT-B-32@w.pt"
+    grid.write_text("datasets: [shapes]\nmodel: ViT-B/32\npretrained: w.pt\nmethods: [ce]\n")
+    with pytest.raises(UsageError, match="pretrained: --pretrained applies to open_clip"):
+        sweep.load_grid(grid)
