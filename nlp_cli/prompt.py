@@ -15,10 +15,6 @@ from nlp_cli.errors import UsageError
 POSITIONS = ("end", "middle", "front")
 
 
-def _tokenizer():
-    return clip_model._clip().simple_tokenizer.SimpleTokenizer()
-
-
 class PromptLearner(nn.Module):
     """Learnable context vectors around each class name, as in CoOp.
 
@@ -55,7 +51,8 @@ class PromptLearner(nn.Module):
             # in the frozen suffix, as there (checkpoint interop depends on the count).
             init_words, n_ctx = ctx_init_words(ctx_init)
             with torch.no_grad():
-                emb = model.token_embedding(clip_model.tokenize([init_words]).to(device))
+                tokens = clip_model.tokenize([init_words], model).to(device)
+                emb = model.token_embedding(tokens)
             ctx = emb[0, 1 : 1 + n_ctx].clone().to(dtype)
             # CoOp (trainers/coop.py): initial words make one shared context; CSC applies only
             # to the random initialisation
@@ -74,17 +71,18 @@ class PromptLearner(nn.Module):
         self.n_cls = n_cls
         self.csc = csc
         self.position = position
-        tok = _tokenizer()
-        self.name_lens = [len(tok.encode(n)) for n in names]
-        longest = len(tok.encode(prefix_text)) + max(self.name_lens, default=0) + 3
-        if longest > 77:  # [SOS] … "." [EOT]: CLIP's text tower holds 77 positions
+        self.name_lens = [len(clip_model.bpe_encode(model, n)) for n in names]
+        longest = len(clip_model.bpe_encode(model, prefix_text)) + max(self.name_lens, default=0)
+        longest += 3
+        positions = clip_model.context_length(model)
+        if longest > positions:  # [SOS] … "." [EOT]: CLIP's text tower holds 77 positions
             raise UsageError(
                 f"the prompt needs {longest} tokens ({n_ctx} context, the longest class name "
-                f"{max(self.name_lens)}), more than CLIP's 77: use a smaller --n-ctx"
+                f"{max(self.name_lens)}), more than the text tower's {positions}: "
+                "use a smaller --n-ctx"
             )
-        self.register_buffer(
-            "tokenized", clip_model.tokenize([f"{prefix_text} {n}." for n in names]).to(device)
-        )
+        texts = [f"{prefix_text} {n}." for n in names]
+        self.register_buffer("tokenized", clip_model.tokenize(texts, model).to(device))
         with torch.no_grad():
             embedding = model.token_embedding(self.tokenized).to(dtype)
         # Frozen parts of every prompt: [SOS] and everything after the context.
@@ -118,15 +116,11 @@ class PromptLearner(nn.Module):
 
 
 def plain_text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
-    """CoOp's text encoder over all 77 positions (the reference): [C, embed_dim], not normalised."""
-    prompts = learner()
-    x = prompts + model.positional_embedding.to(prompts.dtype)
-    x = x.permute(1, 0, 2)
-    x = model.transformer(x)
-    x = x.permute(1, 0, 2)
-    x = model.ln_final(x)
-    eot = learner.tokenized.argmax(dim=-1)
-    return x[torch.arange(x.shape[0], device=x.device), eot] @ model.text_projection
+    """CoOp's text encoder over all 77 positions (the reference): [C, embed_dim], not normalised.
+
+    On an open_clip model, open_clip's text forward over all its positions, from the prompts.
+    """
+    return clip_model.encode_prompts(model, learner(), learner.tokenized)
 
 
 def _layer_norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
@@ -174,13 +168,20 @@ def _attend(
     b, h, t, d = out.shape
     out = out.transpose(1, 2).reshape(b, t, h * d)
     proj = blk.attn.out_proj
-    return _linear(proj.weight, proj.bias, out, runs)
+    return _scaled(blk, "ls_1", _linear(proj.weight, proj.bias, out, runs))
 
 
 def _mlp(blk: Any, x: torch.Tensor, runs: int) -> torch.Tensor:
     fc, proj = blk.mlp.c_fc, blk.mlp.c_proj
     h = _linear(fc.weight, fc.bias, _layer_norm(blk.ln_2, x), runs)
-    return _linear(proj.weight, proj.bias, h * torch.sigmoid(1.702 * h), runs)
+    # the block's own activation: QuickGELU in OpenAI's CLIP, GELU or QuickGELU in open_clip's
+    return _scaled(blk, "ls_2", _linear(proj.weight, proj.bias, blk.mlp.gelu(h), runs))
+
+
+def _scaled(blk: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's LayerScale after attention (ls_1) or the MLP (ls_2), where a block has one."""
+    ls = getattr(blk, name, None)
+    return x if ls is None or isinstance(ls, nn.Identity) else ls(x)
 
 
 def shared_prefix_len(learner: PromptLearner) -> int:
@@ -202,7 +203,9 @@ def text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
     so the per-token layers run only on each class's tokens up to its own EOT (packed, no
     padding); a prefix shared by all prompts has the same hidden states in every class, so it
     runs once and the class suffixes attend to its keys and values; the last layer runs only at
-    the EOT position; the frozen weights are detached, so only ctx gets gradients.
+    the EOT position; the frozen weights are detached, so only ctx gets gradients. A text tower
+    these savings do not hold for (clip_model.fast_text: non-causal, pooling elsewhere than at
+    the EOT token) runs plain_text_features instead.
     """
     return text_features_many(model, [learner])[0]
 
@@ -234,6 +237,8 @@ def text_features_many(model: Any, learners: Sequence[PromptLearner]) -> torch.T
     if not learners:
         raise ValueError("no prompts to encode")
     check_batchable(learners)
+    if not clip_model.fast_text(model):
+        return torch.stack([plain_text_features(model, learner) for learner in learners])
     first = learners[0]
     n_runs, n_cls = len(learners), first.n_cls
     blocks = list(model.transformer.resblocks)

@@ -182,6 +182,7 @@ def load_grid(path: Path) -> Grid:
         "name",
         "datasets",
         "model",
+        "pretrained",
         "noise",
         "methods",
         "seeds",
@@ -223,10 +224,18 @@ def load_grid(path: Path) -> Grid:
     for k in embed:
         if k not in fields:
             raise UsageError(f"{path}: embed: unknown key {k!r}{did_you_mean(str(k), fields)}")
+    model = str(raw["model"])
+    if raw.get("pretrained") is not None:
+        from nlp_cli import clip_model
+
+        try:
+            model = clip_model.model_ref(model, str(raw["pretrained"]))
+        except UsageError as e:
+            raise UsageError(f"{path}: pretrained: {e}") from None
     return Grid(
         name=str(raw.get("name", Path(path).stem)),
         datasets=[str(d) for d in _as_list(raw["datasets"])],
-        model=str(raw["model"]),
+        model=model,
         noise=[_noise(n) for n in _as_list(raw.get("noise", ["none"]))],
         methods=methods,
         seeds=[int(s) for s in seeds],

@@ -18,6 +18,14 @@ Model = Annotated[
     str | None,
     typer.Option("--model", help="CLIP model name or checkpoint (default: the features' model)."),
 ]
+Pretrained = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        help="Weights of an open_clip:ARCH model: a checkpoint file, a tag fetched by "
+        "`nlp download`, or none (random weights).",
+    ),
+]
 Device = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")
 ]
@@ -27,6 +35,15 @@ Precision = Annotated[
         "--precision", help="fp32, fp16, bf16 or amp (default: fp16 on CUDA as CoOp, fp32 on CPU)."
     ),
 ]
+
+
+def weights(model: str | None, pretrained: str | None) -> str | None:
+    """--model with --pretrained, as one model reference (open_clip:ARCH@PRETRAINED)."""
+    if pretrained is None:
+        return model
+    from nlp_cli import clip_model
+
+    return clip_model.model_ref(model, pretrained)
 
 
 def resolve_run(device: str, precision: str | None) -> tuple[str, str]:

@@ -12,10 +12,12 @@ from nlp_cli.cli.common import (
     AsJson,
     Device,
     Precision,
+    Pretrained,
     finish,
     resolve_run,
     said,
     test_pause,
+    weights,
 )
 from nlp_cli.cli.progress import Meter
 
@@ -41,7 +43,10 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Argument(
             ..., help="Catalog name (under --root), a dataset folder, or a CSV path,label[,split]."
         ),
-        model: str = typer.Option(..., "--model", help="CLIP model name or checkpoint path."),
+        model: str = typer.Option(
+            ..., "--model", help="CLIP model name, checkpoint path, or open_clip:ARCH."
+        ),
+        pretrained: Pretrained = None,
         views: int = typer.Option(
             0, "--views", help="Augmented views per training image (0 = only the center crop)."
         ),
@@ -90,7 +95,7 @@ def register(app: typer.Typer) -> None:
             with Meter("embedding", "images") as bar:
                 result = run_embed(
                     dataset,
-                    model,
+                    weights(model, pretrained),
                     opts,
                     root,
                     out,

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.cli.common import Precision, show, test_pause
+from nlp_cli.cli.common import Precision, Pretrained, show, test_pause, weights
 from nlp_cli.cli.names import LOSSES
 from nlp_cli.cli.progress import Steps
 from nlp_cli.errors import UsageError
@@ -207,6 +207,7 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, "--model", help="CLIP model name or checkpoint (default: the features' model)."
         ),
+        pretrained: Pretrained = None,
         out: list[Path] | None = typer.Option(
             None, "--out", help="Output file (default: NLP_HOME); repeat it once per run."
         ),
@@ -270,7 +271,7 @@ def register(app: typer.Typer) -> None:
             init_from=init_from,
             export_coop=export_coop,
             resume=resume,
-            model=model,
+            model=weights(model, pretrained),
             outs=list(out or []),
             zip=zip_runs,
             loss_knobs=per_loss,

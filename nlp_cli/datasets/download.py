@@ -417,3 +417,49 @@ def fetch_model(
         return fetch(url, dest, f"sha256:{sha256}", progress=progress, timeout=timeout)
     except DownloadError as e:
         raise DownloadError(f"{e}: place the file by hand at {dest}") from e
+
+
+def fetch_open_clip(arch: str, tag: str) -> Path:
+    """Download open_clip's pretrained weights `tag` of `arch` through open_clip's own download
+    (Hugging Face Hub or URL, its checksums) into `clip_model.open_clip_tag_dir(arch, tag)`.
+
+    open_clip writes into a scratch folder; only a finished file is moved into place, so a failed
+    or interrupted download leaves nothing behind and what was there before stays.
+    """
+    import tempfile
+
+    from nlp_cli import clip_model
+
+    oc = clip_model._open_clip()
+    known = oc.list_models()
+    if arch not in known:
+        raise UsageError(f"unknown open_clip architecture {arch!r}{did_you_mean(arch, known)}")
+    tags = oc.list_pretrained_tags_by_model(arch)
+    if tag not in tags:
+        raise UsageError(
+            f"{clip_model.OPEN_CLIP}{arch} has no pretrained tag {tag!r}{did_you_mean(tag, tags)}"
+            f": known are {', '.join(tags) or 'none'}"
+        )
+    stored = clip_model.stored_open_clip(arch, tag)
+    if stored is not None:
+        return stored
+    dest_dir = clip_model.open_clip_tag_dir(arch, tag)
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest_dir.parent, prefix=f".{tag}-") as scratch:
+        try:
+            with clip_model._quiet():
+                got = oc.download_pretrained(oc.get_pretrained_cfg(arch, tag), cache_dir=scratch)
+        except Exception as e:
+            detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise DownloadError(
+                f"cannot download {clip_model.OPEN_CLIP}{arch} weights {tag} ({detail}): without "
+                f"network pass a checkpoint file with --pretrained PATH"
+            ) from None
+        if not got or not Path(got).is_file():
+            raise DownloadError(f"open_clip gave no weights file for {arch} {tag}")
+        real = Path(os.path.realpath(got))  # the Hub's cache links snapshots to blobs
+        staged = Path(scratch) / "done"
+        staged.mkdir()
+        os.replace(real, staged / Path(got).name)
+        os.replace(staged, dest_dir)
+    return clip_model.stored_open_clip(arch, tag)
