@@ -483,6 +483,8 @@ def train_together(
 ) -> None:
     """One zipped `train_prompts` per group of jobs on one dataset with the same training
     options: their prompts go through the text encoder together, each equal to its cell alone."""
+    from nlp_cli.stages.train import split_knobs
+
     groups: dict[tuple, list[tuple[Cell, Path, Path]]] = {}
     for cell, train_input, prompt in jobs:
         options = {**grid.train, **dict(cell.method.train)}
@@ -493,7 +495,10 @@ def train_together(
         opts.losses = [cell.method.loss for cell, _, _ in group]
         opts.seeds = [cell.seed for cell, _, _ in group]
         opts.outs = [prompt for _, _, prompt in group]
-        opts.loss_knobs = {}
+        # Each loss's own knobs (`train: {knob: [gce.q=0.5]}`) for the losses of this group.
+        settings = {**grid.train, **dict(group[0][0].method.train)}
+        _, per_loss = split_knobs([str(k) for k in _as_list(settings.get("knob", []))])
+        opts.loss_knobs = {k: v for k, v in per_loss.items() if k in set(opts.losses)}
         opts.zip = True
         stages.train_prompts([train_input for _, train_input, _ in group], opts)
 

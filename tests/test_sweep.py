@@ -226,6 +226,21 @@ def test_batched_sweep_equals_cell_by_cell(tmp_path, features):
     torch.set_num_threads(threads)
 
 
+def test_batched_cells_keep_their_losses_knobs(tmp_path, grid_file):
+    """A per-loss knob in the grid reaches that loss's runs when cells are trained together."""
+    text = grid_file.read_text().replace(
+        "train: {epochs: 3, batch_size: 8}", "train: {epochs: 3, batch_size: 8, knob: [gce.q=0.3]}"
+    )
+    grid_file.write_text(text.replace("  - ce\n", "  - ce\n  - gce\n"))
+    grid = sweep.load_grid(grid_file)
+    stages = FakeStages()
+    sweep.run_sweep(grid, stages=stages, batch=True)
+    trains = [c[2] for c in stages.calls if c[0] == "train"]
+    with_gce = [o for o in trains if "gce" in o.losses]
+    assert with_gce and all(o.loss_knobs == {"gce": {"q": "0.3"}} for o in with_gce)
+    assert all(o.loss_knobs == {} for o in trains if "gce" not in o.losses)
+
+
 def test_presets_are_the_example_grids(cli):
     from nlp_cli import sweep as sw
 
