@@ -272,3 +272,69 @@ def test_the_papers_numbers_print_beside_ours(grid_file):
     grid_file.write_text(grid_file.read_text().replace("DSPT: {sym", "DSTP: {sym"))
     with pytest.raises(UsageError, match="did you mean 'DSPT'"):
         sweep.load_grid(grid_file)
+
+
+def _two_dataset_grid(tmp_path, paper: str) -> Path:
+    for name in ("alpha", "beta"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"stand-in for " + name.encode())
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        f"datasets: [{tmp_path / 'alpha.safetensors'}, {tmp_path / 'beta.safetensors'}]\n"
+        "model: tiny-shapes\nnoise: [{sym: 0.4}, {pair: 0.2}]\n"
+        "methods: [ce, {name: DSPT, loss: dsoftmax}]\nseeds: [1]\n" + paper
+    )
+    return path
+
+
+def _paper_rows(md: str, title: str) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """The rows of one paper-beside-ours block: (method, setting) → (paper, ours, difference)."""
+    block = md.split(f"**{title}: the paper's numbers beside ours**")[1].split("\n\n**")[0]
+    rows = {}
+    for line in block.splitlines():
+        parts = [p.strip() for p in line.split("|")[1:-1]]
+        if len(parts) == 5 and parts[2][:1].isdigit():
+            rows[(parts[0], parts[1])] = tuple(float(p) for p in parts[2:])
+    return rows
+
+
+def test_paper_numbers_per_dataset_print_beside_that_datasets_table(tmp_path):
+    """A `paper:` entry keyed by dataset goes beside that dataset's table; the flat form beside
+    the average; each difference is ours − paper from the same table's cell."""
+    path = _two_dataset_grid(
+        tmp_path,
+        "paper:\n  DSPT: {sym 0.4: 70.0, alpha: {sym 0.4: 91.5, pair 0.2: 88.0}}\n"
+        "  ce: {beta: {pair 0.2: 40.25}}\n",
+    )
+    grid = sweep.load_grid(path)
+    assert grid.paper == {"DSPT": {("sym", 0.4): 70.0}}
+    assert grid.paper_datasets == {
+        "alpha": {"DSPT": {("sym", 0.4): 91.5, ("pair", 0.2): 88.0}},
+        "beta": {"ce": {("pair", 0.2): 40.25}},
+    }
+    result = sweep.run_sweep(grid, stages=FakeStages())
+    md = sweep.write_tables(result, grid, plot=False)["markdown"].read_text()
+    ours = {(r["dataset"], r["method"], r["noise"]): 100 * r["acc"] for r in result.records}
+    alpha = _paper_rows(md, "alpha")
+    assert set(alpha) == {("DSPT", "Sym 40%"), ("DSPT", "Pair 20%")}
+    paper, mine, diff = alpha[("DSPT", "Pair 20%")]
+    assert paper == 88.0 and mine == pytest.approx(ours[("alpha", "DSPT", "pair")], abs=5e-3)
+    assert diff == pytest.approx(mine - paper, abs=1e-9)
+    assert set(_paper_rows(md, "beta")) == {("ce", "Pair 20%")}
+    average = _paper_rows(md, "Average over 2 datasets")
+    mean = (ours[("alpha", "DSPT", "sym")] + ours[("beta", "DSPT", "sym")]) / 2
+    assert average[("DSPT", "Sym 40%")][:2] == pytest.approx((70.0, mean), abs=5e-3)
+
+
+@pytest.mark.parametrize(
+    "paper, message",
+    [
+        ("paper:\n  DSPT: {alpah: {sym 0.4: 1.0}}\n", "did you mean 'alpha'"),
+        ("paper:\n  DSPT: {sym 0.8: 74.2}\n", r"'sym 0.8' \(Sym 80%\) is not a noise setting"),
+        ("paper:\n  DSPT: {beta: {pair 0.3: 1.0}}\n", "did you mean 'pair 0.2'"),
+        ("paper:\n  DSPT: {alpha: {sym 0.4: high}}\n", "is not a percent"),
+    ],
+)
+def test_bad_paper_cells_are_one_line_usage_errors(tmp_path, paper, message):
+    with pytest.raises(UsageError, match=message) as info:
+        sweep.load_grid(_two_dataset_grid(tmp_path, paper))
+    assert "\n" not in str(info.value)
