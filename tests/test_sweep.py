@@ -230,10 +230,21 @@ def test_presets_are_the_example_grids(cli):
     from nlp_cli import sweep as sw
 
     names = sw.presets()
-    assert set(names) == {"dspt-table1", "nlprompt-16shot", "logitclip-tau", "shapes"}
-    assert names["dspt-table1"].startswith("DSPT Table 1")
+    assert set(names) == {
+        "dspt-table1",
+        "dspt-table2",
+        "dspt-table3",
+        "dspt-table4",
+        "nlprompt-16shot",
+        "logitclip-tau",
+        "shapes",
+    }
+    for table in (1, 2, 3, 4):
+        assert names[f"dspt-table{table}"].startswith(f"DSPT Table {table}: ")
     r = cli("sweep", "--list-presets", "--json")
-    assert r.code == 0 and set(json.loads(r.stdout)["presets"]) == set(names)
+    assert r.code == 0 and json.loads(r.stdout)["presets"] == names
+    listed = dict(line.split(None, 1) for line in r.stderr.strip().splitlines())
+    assert listed == names  # one line per preset: its name and its description
     r = cli("sweep", "--preset", "dspt-table1", "--dry-run", "--json")
     assert r.code == 0 and len(json.loads(r.stdout)["cells"]) == 9 * 6 * 6 * 3
     bad = cli("sweep", "--preset", "dspt-tabel1", "--dry-run")
@@ -338,3 +349,47 @@ def test_bad_paper_cells_are_one_line_usage_errors(tmp_path, paper, message):
     with pytest.raises(UsageError, match=message) as info:
         sweep.load_grid(_two_dataset_grid(tmp_path, paper))
     assert "\n" not in str(info.value)
+
+
+PRESETS = sorted(sweep.presets())
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_loads_validates_and_names_its_source(cli, name):
+    """Each bundled grid passes `--dry-run` with one distinct cell per listed combination, is
+    the file in examples/ it links to, and its header names the paper's table or figure and the
+    reference config it follows."""
+    path = sweep.preset_path(name)
+    assert path.resolve().parent == (Path(__file__).parents[1] / "examples").resolve()
+    grid = sweep.load_grid(path)
+    r = cli("sweep", "--preset", name, "--dry-run", "--json")
+    assert r.code == 0, r.stderr
+    cells = json.loads(r.stdout)["cells"]
+    expected = len(grid.sources()) * len(grid.noise) * len(grid.methods) * len(grid.seeds)
+    assert len(cells) == len(set(cells)) == expected
+    assert r.stderr.count("pending") == expected
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    if name != "shapes":  # the offline world reproduces no paper's table
+        text = " ".join(header)
+        assert "Paper:" in text and "Reference config:" in text
+        assert "arxiv.org/html/" in text
+
+
+def test_the_papers_numbers_print_beside_ours_on_the_terminal(cli, grid_file, monkeypatch):
+    """`nlp sweep` prints the paper-beside-ours block on stderr with the mean over seeds of the
+    cells it ran (stand-in stages: made-up accuracies) and ours − paper."""
+    grid_file.write_text(
+        grid_file.read_text() + "paper:\n  DSPT: {sym 0.4: 80.0, feats: {pair 0.2: 55.5}}\n"
+    )
+    stages = FakeStages()
+    monkeypatch.setattr(sweep, "Stages", lambda **_: stages)
+    r = cli("sweep", grid_file, "--out", grid_file.parent / "sw", "--no-plot", "--json")
+    assert r.code == 0, r.stderr
+    records = json.loads((grid_file.parent / "sw" / "results.json").read_text())["records"]
+    assert "**feats: the paper's numbers beside ours**" in r.stderr
+    for setting, noise, paper in (("Sym 40%", "sym", 80.0), ("Pair 20%", "pair", 55.5)):
+        accs = [100 * x["acc"] for x in records if x["method"] == "DSPT" and x["noise"] == noise]
+        assert len(accs) == 2  # one per seed
+        mean = sum(accs) / 2
+        row = f"| DSPT | {setting} | {paper:.2f} | {mean:.2f} | {mean - paper:+.2f} |"
+        assert row in r.stderr
