@@ -19,6 +19,11 @@ from nlp_cli.errors import NlpError, UsageError
 from nlp_cli.registry import Registry, first_doc_line
 
 SOLVERS = ("torch", "pot")
+# The purifiers' arithmetic, as a number that a partition records (and its cache key holds): a
+# partition made under another number is recomputed, not served from cache. Raise it whenever
+# a purifier can give other numbers than before for the same inputs. 1: no number recorded;
+# 2: PromptOT's log domain streams its iterations (plans equal to ~1e-12, not bit for bit).
+ALGORITHM_VERSION = 2
 # Above this span of a column of the cost divided by reg, exp(-M/reg) leaves float64's range
 # (exp(-708) is its smallest normal number), so the scaling iterations would divide by zero.
 LOG_DOMAIN_SPAN = 600.0
