@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from nlp_cli import losses, purify
+from nlp_cli import losses, purify, train
 from nlp_cli.cli import names
 
 # Runs every command's --help and `download --list` in one process; prints what imported torch.
@@ -40,6 +40,7 @@ def test_names_are_the_registries():
     hint = "copy the registry's names, in order, into nlp_cli/cli/names.py"
     assert names.LOSSES == tuple(losses.list_losses()), hint
     assert names.PURIFIERS == tuple(purify.list_purifiers()), hint
+    assert names.COMPILE == train.COMPILE, hint
 
 
 def test_help_and_list_import_no_torch(tmp_path):

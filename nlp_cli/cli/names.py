@@ -9,3 +9,4 @@ LOSSES = (
     "bootstrap-hard", "logitclip-code", "square", "select", "nlprompt",
 )  # fmt: skip
 PURIFIERS = ("ot", "zeroshot", "gmm", "cleanlab")
+COMPILE = ("auto", "on", "off")  # train.COMPILE

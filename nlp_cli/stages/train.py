@@ -19,9 +19,9 @@ from nlp_cli.stages.result import StageResult
 COOP_SUFFIXES = (".pth", ".tar", ".pt")
 
 
-def environment(device: str, precision: str | None) -> dict[str, Any]:
-    """What ran a training run: versions, device, precision and threads (a number can be
-    reproduced from its file alone)."""
+def environment(device: str, precision: str | None, step: str | None = None) -> dict[str, Any]:
+    """What ran a training run: versions, device, precision, threads and whether the step ran
+    compiled (a number can be reproduced from its file alone)."""
     import platform
 
     import torch
@@ -37,6 +37,8 @@ def environment(device: str, precision: str | None) -> dict[str, Any]:
         "precision": precision,
         "threads": torch.get_num_threads(),
     }
+    if step is not None:
+        env["step"] = step
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
@@ -366,6 +368,7 @@ def _train_group(
         on_epoch=progress,
         on_checkpoint=on_checkpoint,
         on_start=on_start,
+        on_warning=group[0].warnings.append,
     )
     for r, result, ckpt in zip(group, results, ckpts, strict=True):
         if result.info.get("resumed_at"):
@@ -384,7 +387,7 @@ def _train_group(
             "history": result.history,
             "protocol": r.options.get("protocol"),
             "config": dataclasses.asdict(result.config),
-            "environment": environment(r.config.device, r.config.precision),
+            "environment": environment(r.config.device, r.config.precision, result.info["step"]),
         }
         artifacts.save(r.target, "prompt", {"ctx": result.ctx}, meta)
         ckpt.unlink(missing_ok=True)
