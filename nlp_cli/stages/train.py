@@ -169,6 +169,7 @@ def _zipped(inputs: list[Path], losses: list[Any], seeds: list[Any]) -> list[tup
 
 def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
     """Every run's data, configuration, cache key and target, checked before any training."""
+    from nlp_cli import clip_model
     from nlp_cli import train as lib
 
     if not inputs:
@@ -235,6 +236,9 @@ def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
             raise UsageError(f"two runs would write {target}: give each run its own --out")
         hit = artifacts.cached(target, key, "prompt")
         run = _Run(td, cfg, init_ctx, upstream, options, key, target, hit)
+        slow_bf16 = None if hit else clip_model.bf16_warning(cfg.device, cfg.precision)
+        if slow_bf16 is not None and i == 0:
+            run.warnings.append(slow_bf16)
         no_views = "train.views" not in td.features.tensors and cfg.augment == "views"
         if proto is not None and no_views and not hit:
             run.warnings.append(
