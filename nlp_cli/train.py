@@ -277,6 +277,8 @@ def make_config(protocol: str | None = None, **options: Any) -> TrainConfig:
     base.update({k: v for k, v in options.items() if v is not None})
     base["device"] = clip_model.resolve_device(base.get("device", "auto"))
     base["precision"] = clip_model.resolve_precision(base.get("precision"), base["device"])
+    if isinstance(base.get("compile"), bool):  # YAML reads a bare on / off as true / false
+        base["compile"] = "on" if base["compile"] else "off"
     config = TrainConfig(**base, knobs=knobs)
     config.validate()
     return config
@@ -349,15 +351,28 @@ BATCHED_ALIKE = (
 )
 
 
-def compiles_step(setting: str, device: str | torch.device) -> bool:
-    """Whether `--compile SETTING` runs the step's text encoder compiled on `device`.
+# `--compile auto` on CPU (benchmarks/bench_compile.py, benchmarks/README.md): with a ViT-B/16
+# text tower (width 512) the compiled step was 1.17x (C = 10) and 1.87x (C = 100) faster, after
+# 71-257 s of compiling, repaid after about 150-250 steps; with the offline world's tiny tower
+# it was slower end to end even with a warm compile cache. Thresholds with a margin for a cold
+# cache and a loaded machine:
+CPU_COMPILE_WIDTH = 512
+CPU_COMPILE_STEPS = 1000
+
+
+def compiles_step(setting: str, device: str | torch.device, width: int = 0, steps: int = 0) -> bool:
+    """Whether `--compile SETTING` runs the step's text encoder compiled on `device`, for a
+    text tower of `width` and a run of `steps` steps.
 
     auto: compiled on CUDA (mode reduce-overhead: CUDA graphs take the launch of its many small
-    kernels off the host), eager on CPU, where benchmarks/bench_compile.py measured the compiled
-    step no faster than the eager one (benchmarks/README.md).
+    kernels off the host; by design, not yet measured); on CPU only for a tower of at least
+    CPU_COMPILE_WIDTH over at least CPU_COMPILE_STEPS steps, where compiling was measured to
+    pay for itself; eager otherwise.
     """
     if setting == "auto":
-        return torch.device(device).type == "cuda"
+        if torch.device(device).type == "cuda":
+            return True
+        return width >= CPU_COMPILE_WIDTH and steps >= CPU_COMPILE_STEPS
     return setting == "on"
 
 
@@ -675,7 +690,10 @@ def train_many(
         datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys
     )
     device, precision = configs[0].device, configs[0].precision
-    encode = StepEncoder(compiles_step(configs[0].compile, device), device, on_warning)
+    width = int(model.ln_final.weight.shape[0])
+    steps = max(r.steps * (r.config.epochs - r.start) for r in runs)
+    compiled = compiles_step(configs[0].compile, device, width, steps)
+    encode = StepEncoder(compiled, device, on_warning)
     if on_start is not None:
         on_start()
     checkpoints = list(checkpoints or [None] * len(runs))

@@ -16,6 +16,7 @@ from conftest import make_features
 
 from nlp_cli import clip_model
 from nlp_cli import train as lib
+from nlp_cli.errors import UsageError
 from nlp_cli.prompt import PromptLearner, plain_text_features, text_features_many
 
 NAMES = [f"class {chr(97 + i)}" for i in range(5)]  # make_features' names: one packing for all
@@ -60,10 +61,20 @@ def _steps(model, encode, n: int = 3):
     return torch.stack(losses), grads, learner.ctx.detach().clone()
 
 
-def test_compiles_step_auto_is_cuda_only():
-    assert lib.compiles_step("auto", "cuda") and lib.compiles_step("auto", "cuda:1")
+def test_compiles_step_auto():
+    assert lib.compiles_step("auto", "cuda") and lib.compiles_step("auto", "cuda:1", 64, 1)
     assert not lib.compiles_step("auto", "cpu")
-    assert lib.compiles_step("on", "cpu") and not lib.compiles_step("off", "cuda")
+    big, long = lib.CPU_COMPILE_WIDTH, lib.CPU_COMPILE_STEPS
+    assert lib.compiles_step("auto", "cpu", big, long)
+    assert not lib.compiles_step("auto", "cpu", big - 1, long)
+    assert not lib.compiles_step("auto", "cpu", big, long - 1)
+    assert lib.compiles_step("on", "cpu") and not lib.compiles_step("off", "cuda", big, long)
+
+
+def test_auto_trains_eager_on_a_short_cpu_run(one_layer):
+    loaded, feats = one_layer
+    result = lib.train_prompt(lib.load_data(feats), lib.make_config(epochs=1), loaded=loaded)
+    assert result.config.compile == "auto" and result.info["step"] == "eager"
 
 
 @needs_compiler
@@ -162,3 +173,15 @@ def test_cli_compile_option(cli, features, tmp_path):
     assert "compile" not in meta["options"]  # how the step ran is not what it computed
     r = cli("train", features, "--epochs", "1", "--n-ctx", "4", "--out", out)
     assert r.code == 0 and "cache hit" in r.stderr
+
+
+def test_sweeps_and_config_files_take_compile(tmp_path):
+    from nlp_cli.stages.train import read_config
+
+    assert "compile" in lib.TrainConfig.setting_names()  # the keys a sweep's `train:` may set
+    path = tmp_path / "c.yaml"
+    for text, want in (("on", "on"), ("off", "off"), ("'auto'", "auto")):
+        path.write_text(f"compile: {text}\n")  # YAML 1.1 reads a bare on / off as a boolean
+        assert lib.make_config(**read_config(path)).compile == want
+    with pytest.raises(UsageError, match="unknown --compile 'yes please'"):
+        lib.make_config(compile="yes please")

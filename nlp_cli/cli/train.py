@@ -117,8 +117,9 @@ def register(app: typer.Typer) -> None:
             None,
             "--compile",
             autocompletion=_choices(*COMPILE),
-            help="Run the step's text encoder through torch.compile: auto (default: on CUDA "
-            "only), on or off; eager, with one warning, where compiling fails.",
+            help="Run the step's text encoder through torch.compile: auto (default: on CUDA; "
+            "on CPU for long runs of a ViT-B-sized tower), on or off; eager, with one "
+            "warning, where compiling fails.",
         ),
         n_ctx: int | None = typer.Option(None, "--n-ctx", help="Context vectors (16)."),
         ctx_init: str | None = typer.Option(
