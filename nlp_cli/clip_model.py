@@ -258,6 +258,26 @@ def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractC
     return torch.autocast(kind, dtype=torch.float16 if kind == "cuda" else torch.bfloat16)
 
 
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: CUDA, or a CPU with AVX-512 BF16 or AMX
+    (oneDNN's test). Elsewhere bf16 runs emulated through fp32, slower than fp32 itself
+    (benchmarks/bench_compile.py --bf16)."""
+    if torch.device(device).type != "cpu":
+        return True
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_warning(device: str | torch.device, precision: str) -> str | None:
+    """One line when `precision` computes in bf16 on a CPU without native bf16, else None."""
+    kind = torch.device(device).type
+    if kind != "cpu" or precision not in ("amp", "bf16") or native_bf16(device):
+        return None
+    return (
+        f"--precision {precision} computes in bf16, which this CPU has no instructions for "
+        "(AVX-512 BF16 or AMX): it runs emulated, slower than fp32 (benchmarks/README.md)"
+    )
+
+
 def grad_scaler(device: str | torch.device, precision: str) -> torch.amp.GradScaler:
     """A GradScaler for amp on CUDA (fp16 autocast); a pass-through one otherwise."""
     kind = torch.device(device).type

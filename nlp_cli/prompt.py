@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -227,54 +228,98 @@ def check_batchable(learners: Sequence[PromptLearner]) -> None:
             )
 
 
-def text_features_many(model: Any, learners: Sequence[PromptLearner]) -> torch.Tensor:
+def text_features_many(
+    model: Any, learners: Sequence[PromptLearner], core: Callable[..., torch.Tensor] | None = None
+) -> torch.Tensor:
     """text_features of R prompts over the same classes in one encoder pass: [R, C, embed_dim].
 
     The R×C class suffixes go through each layer as one packed batch; each prompt's shared
     prefix runs once and only its own classes attend to it. Prompt r's rows depend on prompt
     r's ctx alone, so a loss summed over the R prompts gives each ctx its own gradient.
+    `core` replaces `encode_packed` (the same function under torch.compile, say).
     """
     if not learners:
         raise ValueError("no prompts to encode")
     check_batchable(learners)
     if not clip_model.fast_text(model):
         return torch.stack([plain_text_features(model, learner) for learner in learners])
-    first = learners[0]
-    n_runs, n_cls = len(learners), first.n_cls
+    plan = pack_plan(learners[0], len(learners))
+    prompts = torch.cat([learner()[:, : plan.length] for learner in learners])
+    return (core or encode_packed)(model, prompts, plan)
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """Where each prompt's tokens sit in the packed encoder batch; a function of the class
+    names and the layout alone (the same every step), so the encoder's shapes never depend on
+    data: `valid_at` lists the packed suffix positions, `eot_at` each row's EOT among them."""
+
+    runs: int
+    classes: int
+    length: int
+    prefix: int
+    valid_at: torch.Tensor
+    eot_at: torch.Tensor
+    mask: torch.Tensor
+    eot_mask: torch.Tensor
+
+
+def pack_plan(learner: PromptLearner, runs: int) -> PackPlan:
+    """The packing of `runs` prompts laid out as `learner` (see PackPlan)."""
+    n_cls = learner.n_cls
+    eot = learner.tokenized.argmax(dim=-1)
+    device = eot.device
+    length = int(eot.max()) + 1
+    p = min(shared_prefix_len(learner), int(eot.min()))
+    s = length - p
+    rows = (eot - p).to(device).repeat(runs)
+    # Suffix position j of row (run, class) is computed iff it is at or before that class's EOT.
+    valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
+    mask = torch.ones(s, p + s, dtype=torch.bool, device=device)
+    mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    return PackPlan(
+        runs=runs,
+        classes=n_cls,
+        length=length,
+        prefix=p,
+        valid_at=valid.flatten().nonzero().flatten(),
+        eot_at=torch.cumsum(valid.sum(dim=1), dim=0) - 1,
+        mask=mask,
+        eot_mask=mask[rows][:, None, None],
+    )
+
+
+def encode_packed(model: Any, prompts: torch.Tensor, plan: PackPlan) -> torch.Tensor:
+    """The text tower on R·C prompt embeddings [R·C, length, width] packed as `plan` says:
+    [R, C, embed_dim]. Every shape here follows from the plan, none from tensor values."""
+    n_runs, n_cls, p = plan.runs, plan.classes, plan.prefix
     blocks = list(model.transformer.resblocks)
     heads = blocks[0].attn.num_heads
-    eot = first.tokenized.argmax(dim=-1)
-    length = int(eot.max()) + 1
-    prompts = torch.cat([learner()[:, :length] for learner in learners])
-    x = prompts + model.positional_embedding[:length].detach().to(prompts.dtype)
+    x = prompts + model.positional_embedding[: plan.length].detach().to(prompts.dtype)
     _, _, width = x.shape
-    device = x.device
-    p = min(shared_prefix_len(first), int(eot.min()))
+    s = plan.length - p
+    valid_at, eot_at, mask = plan.valid_at, plan.eot_at, plan.mask
     # The prefix gets zero rows up to a multiple of 4; under causal attention they never reach
     # a real position, and batched attention then rounds each prompt's prefix as it would alone.
     hp = F.pad(x[::n_cls, :p], (0, 0, 0, -p % 4)) if p else None
-    s = length - p
-    rows = (eot - p).to(device).repeat(n_runs)
-    # Suffix position j of row (run, class) is computed iff it is at or before that class's EOT.
-    valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
-    hv = x[:, p:][valid]
-    eot_at = torch.cumsum(valid.sum(dim=1), dim=0) - 1
-    mask = torch.ones(s, p + s, dtype=torch.bool, device=device)
-    mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+
+    def packed(t: torch.Tensor) -> torch.Tensor:
+        # [R·C, s, …] → the valid positions only, [V, …]
+        return t.flatten(0, 1).index_select(0, valid_at)
 
     def heads_of(t: torch.Tensor) -> torch.Tensor:
         b, n, _ = t.shape
         return t.reshape(b, n, heads, width // heads).transpose(1, 2)
 
     def padded(t: torch.Tensor) -> torch.Tensor:
-        out = t.new_zeros(n_runs * n_cls, s, t.shape[-1])
-        out[valid] = t
-        return out
+        out = t.new_zeros(n_runs * n_cls * s, t.shape[-1])
+        return out.index_copy(0, valid_at, t).reshape(n_runs * n_cls, s, t.shape[-1])
 
     def per_class(t: torch.Tensor) -> torch.Tensor:
         # [R, heads, p, d] → [R·C, heads, p, d]: every class of run r sees run r's prefix.
         return t[:, None].expand(-1, n_cls, -1, -1, -1).flatten(0, 1)
 
+    hv = packed(x[:, p:])
     runs = n_runs
     for i, blk in enumerate(blocks):
         attn = blk.attn
@@ -293,13 +338,13 @@ def text_features_many(model: Any, learners: Sequence[PromptLearner]) -> torch.T
             k = torch.cat([per_class(kp[:, :, :p]), k], dim=2)
             v = torch.cat([per_class(vp[:, :, :p]), v], dim=2)
         if last:
-            att = _attend(blk, heads_of(q), k, v, mask[rows][:, None, None], runs)
+            att = _attend(blk, heads_of(q), k, v, plan.eot_mask, runs)
             h = hv[eot_at][:, None] + att
             h = h + _mlp(blk, h, runs)
             final = _layer_norm(model.ln_final, h[:, 0])
             out = _linear(model.text_projection.T, None, final, runs)
             return out.reshape(n_runs, n_cls, -1)
-        hv = hv + _attend(blk, heads_of(q), k, v, mask, runs)[valid]
+        hv = hv + packed(_attend(blk, heads_of(q), k, v, mask, runs))
         hv = hv + _mlp(blk, hv, runs)
         if hp is not None:
             hp = hp + _attend(blk, qp, kp, vp, None, runs, True)

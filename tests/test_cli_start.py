@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from nlp_cli import losses, purify
+from nlp_cli import losses, purify, train
 from nlp_cli.cli import names
 from nlp_cli.datasets import cifar
 
@@ -42,6 +42,7 @@ def test_names_are_the_registries():
     assert names.LOSSES == tuple(losses.list_losses()), hint
     assert names.PURIFIERS == tuple(purify.list_purifiers()), hint
     assert names.HUMAN_LABELS == tuple(cifar.human_sets()), hint
+    assert names.COMPILE == train.COMPILE, hint
 
 
 def test_help_and_list_import_no_torch(tmp_path):

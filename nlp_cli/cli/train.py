@@ -9,7 +9,7 @@ import typer
 
 from nlp_cli.cli import output
 from nlp_cli.cli.common import Precision, Pretrained, show, test_pause, weights
-from nlp_cli.cli.names import LOSSES
+from nlp_cli.cli.names import COMPILE, LOSSES
 from nlp_cli.cli.progress import Steps
 from nlp_cli.errors import UsageError
 
@@ -114,6 +114,14 @@ def register(app: typer.Typer) -> None:
             None, "--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N."
         ),
         precision: Precision = None,
+        compile_step: str | None = typer.Option(
+            None,
+            "--compile",
+            autocompletion=_choices(*COMPILE),
+            help="Run the step's text encoder through torch.compile: auto (default: on CUDA; "
+            "on CPU for long runs of a ViT-B-sized tower), on or off; eager, with one "
+            "warning, where compiling fails.",
+        ),
         n_ctx: int | None = typer.Option(None, "--n-ctx", help="Context vectors (16)."),
         ctx_init: str | None = typer.Option(
             None, "--ctx-init", help='Initialise the context from words, e.g. "a photo of a".'
@@ -241,6 +249,7 @@ def register(app: typer.Typer) -> None:
             "curriculum_mode": curriculum_mode,
             "device": device,
             "precision": precision,
+            "compile": compile_step,
             "n_ctx": n_ctx,
             "ctx_init": ctx_init,
             "csc": csc,

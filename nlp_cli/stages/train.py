@@ -19,9 +19,9 @@ from nlp_cli.stages.result import StageResult
 COOP_SUFFIXES = (".pth", ".tar", ".pt")
 
 
-def environment(device: str, precision: str | None) -> dict[str, Any]:
-    """What ran a training run: versions, device, precision and threads (a number can be
-    reproduced from its file alone)."""
+def environment(device: str, precision: str | None, step: str | None = None) -> dict[str, Any]:
+    """What ran a training run: versions, device, precision, threads and whether the step ran
+    compiled (a number can be reproduced from its file alone)."""
     import platform
 
     import torch
@@ -37,6 +37,8 @@ def environment(device: str, precision: str | None) -> dict[str, Any]:
         "precision": precision,
         "threads": torch.get_num_threads(),
     }
+    if step is not None:
+        env["step"] = step
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
@@ -167,6 +169,7 @@ def _zipped(inputs: list[Path], losses: list[Any], seeds: list[Any]) -> list[tup
 
 def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
     """Every run's data, configuration, cache key and target, checked before any training."""
+    from nlp_cli import clip_model
     from nlp_cli import train as lib
 
     if not inputs:
@@ -233,6 +236,9 @@ def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
             raise UsageError(f"two runs would write {target}: give each run its own --out")
         hit = artifacts.cached(target, key, "prompt")
         run = _Run(td, cfg, init_ctx, upstream, options, key, target, hit)
+        slow_bf16 = None if hit else clip_model.bf16_warning(cfg.device, cfg.precision)
+        if slow_bf16 is not None and i == 0:
+            run.warnings.append(slow_bf16)
         no_views = "train.views" not in td.features.tensors and cfg.augment == "views"
         if proto is not None and no_views and not hit:
             run.warnings.append(
@@ -374,6 +380,7 @@ def _train_group(
         on_checkpoint=on_checkpoint,
         on_start=on_start,
         on_step=step,
+        on_warning=group[0].warnings.append,
     )
     for r, result, ckpt in zip(group, results, ckpts, strict=True):
         if result.info.get("resumed_at"):
@@ -392,7 +399,7 @@ def _train_group(
             "history": result.history,
             "protocol": r.options.get("protocol"),
             "config": dataclasses.asdict(result.config),
-            "environment": environment(r.config.device, r.config.precision),
+            "environment": environment(r.config.device, r.config.precision, result.info["step"]),
         }
         artifacts.save(r.target, "prompt", {"ctx": result.ctx}, meta)
         ckpt.unlink(missing_ok=True)
