@@ -391,7 +391,7 @@ def test_huge_seed_and_too_long_context_are_one_line(cli, features):
     r = cli("train", features, "--epochs", "1", "--n-ctx", "2", "--seed", str(2**62))
     assert r.code == 0, r.stderr
     r = cli("train", features, "--epochs", "1", "--n-ctx", "100")
-    assert r.code == 2 and "more than CLIP's 77" in r.stderr and r.stderr.count("\n") == 1
+    assert r.code == 2 and "more than the text tower's 77" in r.stderr and r.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(
