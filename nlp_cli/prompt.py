@@ -99,13 +99,19 @@ class PromptLearner(nn.Module):
 
     def forward(self) -> torch.Tensor:
         """Prompt token embeddings, [C, 77, width]."""
-        ctx = self.class_ctx()
-        prefix, suffix = self.token_prefix, self.token_suffix
+        return self.prompt_rows(slice(None), self.tokenized.shape[1])
+
+    def prompt_rows(self, classes: slice, length: int) -> torch.Tensor:
+        """The first `length` token embeddings of the prompts of `classes`, [C', length, width]
+        (forward()[classes, :length] without building the rest)."""
+        ctx = self.class_ctx()[classes]
+        prefix, suffix = self.token_prefix[classes], self.token_suffix[classes]
         if self.position == "end":
-            return torch.cat([prefix, ctx, suffix], dim=1)
+            rest = suffix[:, : max(length - 1 - self.n_ctx, 0)]
+            return torch.cat([prefix, ctx, rest], dim=1)[:, :length]
         prompts = []
         half = self.n_ctx // 2
-        for i, name_len in enumerate(self.name_lens):
+        for i, name_len in enumerate(self.name_lens[classes]):
             cls_i = suffix[i : i + 1, :name_len]
             rest_i = suffix[i : i + 1, name_len:]
             ctx_i = ctx[i : i + 1]
@@ -113,7 +119,7 @@ class PromptLearner(nn.Module):
                 parts = [prefix[i : i + 1], ctx_i[:, :half], cls_i, ctx_i[:, half:], rest_i]
             else:
                 parts = [prefix[i : i + 1], cls_i, ctx_i, rest_i]
-            prompts.append(torch.cat(parts, dim=1))
+            prompts.append(torch.cat(parts, dim=1)[:, :length])
         return torch.cat(prompts, dim=0)
 
 
@@ -195,16 +201,36 @@ def shared_prefix_len(learner: PromptLearner) -> int:
     return 0
 
 
-def text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
+# Classes per chunk when text_features_many chunks by itself (more than CHUNK_ABOVE classes):
+# a chunk's suffix activations are what lives at once, so memory stops growing with C, while
+# each chunk still fills the GEMMs (256 classes × ~8 suffix tokens ≈ 2000 rows).
+CHUNK_ABOVE = 512
+CHUNK = 256
+
+
+def resolve_chunk(n_cls: int, class_chunk: int | None) -> int:
+    """Classes per encoder chunk: class_chunk > 0 as given, 0 = all at once, None = automatic
+    (CHUNK above CHUNK_ABOVE classes, else all at once)."""
+    if class_chunk is None:
+        return CHUNK if n_cls > CHUNK_ABOVE else max(n_cls, 1)
+    if isinstance(class_chunk, bool) or not isinstance(class_chunk, int) or class_chunk < 0:
+        raise UsageError(f"--class-chunk must be a whole number ≥ 0, got {class_chunk!r}")
+    return class_chunk or max(n_cls, 1)
+
+
+def text_features(
+    model: Any, learner: PromptLearner, class_chunk: int | None = None
+) -> torch.Tensor:
     """The same features as plain_text_features, [C, embed_dim], computed cheaply.
 
     Exact savings (SPEC §6): positions after a prompt's EOT are never read by a causal encoder,
     so the per-token layers run only on each class's tokens up to its own EOT (packed, no
     padding); a prefix shared by all prompts has the same hidden states in every class, so it
-    runs once and the class suffixes attend to its keys and values; the last layer runs only at
-    the EOT position; the frozen weights are detached, so only ctx gets gradients.
+    runs once and the class suffixes attend to its one copy of keys and values; the last layer
+    runs only at the EOT position; the frozen weights are detached, so only ctx gets gradients.
+    Classes go through in chunks of `class_chunk` (resolve_chunk), each recomputed in backward.
     """
-    return text_features_many(model, [learner])[0]
+    return text_features_many(model, [learner], class_chunk)[0]
 
 
 def check_batchable(learners: Sequence[PromptLearner]) -> None:
@@ -224,12 +250,115 @@ def check_batchable(learners: Sequence[PromptLearner]) -> None:
             )
 
 
-def text_features_many(model: Any, learners: Sequence[PromptLearner]) -> torch.Tensor:
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, w = t.shape
+    return t.reshape(b, n, heads, w // heads).transpose(1, 2)
+
+
+def _attend_prefixed(blk: Any, q, k, v, kp, vp, mask: torch.Tensor, runs: int) -> torch.Tensor:
+    """Attention of suffix queries q [R·C, h, t, d] over one shared prefix copy kp, vp
+    [R, h, p, d] (run r's classes see run r's) followed by their own keys k, v [R·C, h, s, d]
+    under `mask` (True = attend), with one softmax over both.
+
+    The classes are folded into the query rows of one product per run and head, so the prefix's
+    keys and values are read where they are, never copied per class.
+    """
+    rc, h, t, d = q.shape
+    n_cls, p = rc // runs, kp.shape[2]
+    scale = d**-0.5
+    folded = q.reshape(runs, n_cls, h, t, d).transpose(1, 2).reshape(runs, h, n_cls * t, d)
+    sp = (folded @ kp.transpose(-1, -2)).reshape(runs, h, n_cls, t, p).transpose(1, 2)
+    ss = (q @ k.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
+    scores = torch.cat([sp.reshape(rc, h, t, p), ss], dim=-1) * scale
+    # Softmax in float32 whatever the dtype, as the fused kernels accumulate.
+    w = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    wp = w[..., :p].reshape(runs, n_cls, h, t, p).transpose(1, 2).reshape(runs, h, n_cls * t, p)
+    op = (wp @ vp).reshape(runs, h, n_cls, t, d).transpose(1, 2).reshape(rc, h, t, d)
+    out = (op + w[..., p:] @ v).transpose(1, 2).reshape(rc, t, h * d)
+    proj = blk.attn.out_proj
+    return _linear(proj.weight, proj.bias, out, runs)
+
+
+def _prefix_pass(blocks: list, hp: torch.Tensor, p: int, heads: int, runs: int) -> list:
+    """Keys and values [R, h, p, d] of the shared prefix in every layer, computed once."""
+    kvs = []
+    for i, blk in enumerate(blocks):
+        qp, kp, vp = _qkv(blk, _layer_norm(blk.ln_1, hp), heads, runs)
+        kvs += [kp[:, :, :p], vp[:, :, :p]]
+        if i < len(blocks) - 1:
+            hp = hp + _attend(blk, qp, kp, vp, None, runs, True)
+            hp = hp + _mlp(blk, hp, runs)
+    return kvs
+
+
+def _suffix_pass(
+    model: Any, x: torch.Tensor, rel_eot: torch.Tensor, runs: int, *prefix_kvs: torch.Tensor
+) -> torch.Tensor:
+    """Features [R, C', embed_dim] of C' classes' suffixes x [R·C', s, W] (run-major), each row
+    computed up to its EOT at suffix position rel_eot[c], attending to the prefix keys/values."""
+    blocks = list(model.transformer.resblocks)
+    heads = blocks[0].attn.num_heads
+    n_cls, width = rel_eot.shape[0], x.shape[-1]
+    device = x.device
+    s = int(rel_eot.max()) + 1
+    x = x[:, :s]
+    rows = rel_eot.to(device).repeat(runs)
+    # Suffix position j of row (run, class) is computed iff it is at or before that class's EOT.
+    valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
+    hv = x[valid]
+    eot_at = torch.cumsum(valid.sum(dim=1), dim=0) - 1
+    mask = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    prefixed = bool(prefix_kvs)
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        out = t.new_zeros(runs * n_cls, s, t.shape[-1])
+        out[valid] = t
+        return out
+
+    for i, blk in enumerate(blocks):
+        attn = blk.attn
+        w_in, b_in = attn.in_proj_weight, attn.in_proj_bias
+        last = i == len(blocks) - 1
+        a = _layer_norm(blk.ln_1, hv)
+        if last:
+            kv = padded(_linear(w_in[width:], b_in[width:], a, runs))
+            q = _linear(w_in[:width], b_in[:width], a[eot_at], runs)[:, None]
+            m = mask[rows][:, None, None]
+        else:
+            qkv = padded(_linear(w_in, b_in, a, runs))
+            q, kv = qkv[..., :width], qkv[..., width:]
+            m = mask
+        k, v = (_heads(t, heads) for t in kv.chunk(2, dim=-1))
+        q = _heads(q, heads)
+        if prefixed:
+            kp, vp = prefix_kvs[2 * i], prefix_kvs[2 * i + 1]
+            att = _attend_prefixed(blk, q, k, v, kp, vp, m, runs)
+        else:
+            att = _attend(blk, q, k, v, m, runs)
+        if last:
+            h = hv[eot_at][:, None] + att
+            h = h + _mlp(blk, h, runs)
+            final = _layer_norm(model.ln_final, h[:, 0])
+            out = _linear(model.text_projection.T, None, final, runs)
+            return out.reshape(runs, n_cls, -1)
+        hv = hv + att[valid]
+        hv = hv + _mlp(blk, hv, runs)
+    raise ValueError("the text transformer has no layers")
+
+
+def text_features_many(
+    model: Any, learners: Sequence[PromptLearner], class_chunk: int | None = None
+) -> torch.Tensor:
     """text_features of R prompts over the same classes in one encoder pass: [R, C, embed_dim].
 
     The R×C class suffixes go through each layer as one packed batch; each prompt's shared
     prefix runs once and only its own classes attend to it. Prompt r's rows depend on prompt
     r's ctx alone, so a loss summed over the R prompts gives each ctx its own gradient.
+
+    With more classes than one chunk (resolve_chunk), the suffixes go through the whole tower
+    one chunk of classes at a time; under autograd each chunk is checkpointed (its activations
+    are dropped and recomputed in backward), so one chunk's activations live at once and the
+    gradients are those of the whole pass.
     """
     if not learners:
         raise ValueError("no prompts to encode")
@@ -237,69 +366,42 @@ def text_features_many(model: Any, learners: Sequence[PromptLearner]) -> torch.T
     first = learners[0]
     n_runs, n_cls = len(learners), first.n_cls
     blocks = list(model.transformer.resblocks)
+    if not blocks:
+        raise ValueError("the text transformer has no layers")
     heads = blocks[0].attn.num_heads
     eot = first.tokenized.argmax(dim=-1)
     length = int(eot.max()) + 1
-    prompts = torch.cat([learner()[:, :length] for learner in learners])
-    x = prompts + model.positional_embedding[:length].detach().to(prompts.dtype)
-    _, _, width = x.shape
-    device = x.device
+    pos = model.positional_embedding[:length].detach()
     p = min(shared_prefix_len(first), int(eot.min()))
-    # The prefix gets zero rows up to a multiple of 4; under causal attention they never reach
-    # a real position, and batched attention then rounds each prompt's prefix as it would alone.
-    hp = F.pad(x[::n_cls, :p], (0, 0, 0, -p % 4)) if p else None
-    s = length - p
-    rows = (eot - p).to(device).repeat(n_runs)
-    # Suffix position j of row (run, class) is computed iff it is at or before that class's EOT.
-    valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
-    hv = x[:, p:][valid]
-    eot_at = torch.cumsum(valid.sum(dim=1), dim=0) - 1
-    mask = torch.ones(s, p + s, dtype=torch.bool, device=device)
-    mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    prefix_kvs: list[torch.Tensor] = []
+    if p:
+        head = torch.cat([learner.prompt_rows(slice(0, 1), p) for learner in learners])
+        head = head + pos[:p].to(head.dtype)
+        # The prefix gets zero rows up to a multiple of 4; under causal attention they never
+        # reach a real position, and batched attention then rounds each prompt's prefix as it
+        # would alone.
+        prefix_kvs = _prefix_pass(blocks, F.pad(head, (0, 0, 0, -p % 4)), p, heads, n_runs)
+    chunk = resolve_chunk(n_cls, class_chunk)
 
-    def heads_of(t: torch.Tensor) -> torch.Tensor:
-        b, n, _ = t.shape
-        return t.reshape(b, n, heads, width // heads).transpose(1, 2)
+    def encode(lo: int, hi: int, *kvs: torch.Tensor) -> torch.Tensor:
+        span = slice(lo, hi)
+        rows = torch.cat([learner.prompt_rows(span, length)[:, p:] for learner in learners])
+        x = rows + pos[p:].to(rows.dtype)
+        return _suffix_pass(model, x, eot[span] - p, n_runs, *kvs)
 
-    def padded(t: torch.Tensor) -> torch.Tensor:
-        out = t.new_zeros(n_runs * n_cls, s, t.shape[-1])
-        out[valid] = t
-        return out
+    if chunk >= n_cls:
+        return encode(0, n_cls, *prefix_kvs)
+    from torch.utils.checkpoint import checkpoint
 
-    def per_class(t: torch.Tensor) -> torch.Tensor:
-        # [R, heads, p, d] → [R·C, heads, p, d]: every class of run r sees run r's prefix.
-        return t[:, None].expand(-1, n_cls, -1, -1, -1).flatten(0, 1)
-
-    runs = n_runs
-    for i, blk in enumerate(blocks):
-        attn = blk.attn
-        w_in, b_in = attn.in_proj_weight, attn.in_proj_bias
-        last = i == len(blocks) - 1
-        a = _layer_norm(blk.ln_1, hv)
-        if last:
-            kv = _linear(w_in[width:], b_in[width:], a, runs)
-            q = _linear(w_in[:width], b_in[:width], a[eot_at], runs)[:, None]
+    tracked = torch.is_grad_enabled()
+    outs = []
+    for lo in range(0, n_cls, chunk):
+        hi = min(lo + chunk, n_cls)
+        if tracked:
+            outs.append(checkpoint(encode, lo, hi, *prefix_kvs, use_reentrant=False))
         else:
-            qkv = padded(_linear(w_in, b_in, a, runs))
-            q, kv = qkv[..., :width], qkv[..., width:]
-        k, v = (heads_of(t) for t in (padded(kv) if last else kv).chunk(2, dim=-1))
-        if hp is not None:
-            qp, kp, vp = _qkv(blk, _layer_norm(blk.ln_1, hp), heads, runs)
-            k = torch.cat([per_class(kp[:, :, :p]), k], dim=2)
-            v = torch.cat([per_class(vp[:, :, :p]), v], dim=2)
-        if last:
-            att = _attend(blk, heads_of(q), k, v, mask[rows][:, None, None], runs)
-            h = hv[eot_at][:, None] + att
-            h = h + _mlp(blk, h, runs)
-            final = _layer_norm(model.ln_final, h[:, 0])
-            out = _linear(model.text_projection.T, None, final, runs)
-            return out.reshape(n_runs, n_cls, -1)
-        hv = hv + _attend(blk, heads_of(q), k, v, mask, runs)[valid]
-        hv = hv + _mlp(blk, hv, runs)
-        if hp is not None:
-            hp = hp + _attend(blk, qp, kp, vp, None, runs, True)
-            hp = hp + _mlp(blk, hp, runs)
-    raise ValueError("the text transformer has no layers")
+            outs.append(encode(lo, hi, *prefix_kvs))
+    return torch.cat(outs, dim=1)
 
 
 def learner_from_artifact(
