@@ -65,6 +65,9 @@ class TrainConfig:
     ctx_init: str | None = None
     csc: bool = False
     class_token_position: str = "end"
+    # Classes per text-encoder chunk, each recomputed in backward (prompt.resolve_chunk): None
+    # = automatic (chunks of 256 above 512 classes), 0 = all classes at once.
+    class_chunk: int | None = None
     targets: str = "labels"
     # views: each epoch draws one of the features' cached augmented views (center crop without
     # them); online: fresh CoOp augmentations through the image encoder every epoch; none:
@@ -118,6 +121,8 @@ class TrainConfig:
         out.update({k: self.knobs.get(k) for k in losses.knob_names()})
         if self.method == "standard":
             out.pop("method")
+        if self.class_chunk is None:
+            out.pop("class_chunk")
         for name in methods.list_methods():
             if name != self.effective_method:
                 for setting in methods.get(name).settings:
@@ -141,6 +146,8 @@ class TrainConfig:
         ints += ("joapr_average", "joapr_views")
         if self.joapr_warmup is not None:
             ints += ("joapr_warmup",)
+        if self.class_chunk is not None:
+            ints += ("class_chunk",)
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -157,6 +164,10 @@ class TrainConfig:
                 raise UsageError(f"--{name} must be true or false, got {getattr(self, name)!r}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must lie in [0, 2**63), got {self.seed}")
+        if self.class_chunk is not None and self.class_chunk < 0:
+            raise UsageError(
+                f"--class-chunk must be 0 (all at once) or more, got {self.class_chunk}"
+            )
         if self.epochs < 1 or self.batch_size < 1 or self.n_ctx < 1:
             raise UsageError("--epochs, --batch-size and --n-ctx must be at least 1")
         if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.warmup_lr < 0:
@@ -329,7 +340,15 @@ def train_prompt(
     return result
 
 
-BATCHED_ALIKE = ("device", "precision", "n_ctx", "ctx_init", "csc", "class_token_position")
+BATCHED_ALIKE = (
+    "device",
+    "precision",
+    "n_ctx",
+    "ctx_init",
+    "csc",
+    "class_token_position",
+    "class_chunk",
+)
 
 
 class RunState:
@@ -573,6 +592,7 @@ def train_many(
         datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys
     )
     device, precision = configs[0].device, configs[0].precision
+    chunk = configs[0].class_chunk
     if on_start is not None:
         on_start()
     checkpoints = list(checkpoints or [None] * len(runs))
@@ -588,7 +608,7 @@ def train_many(
         for step in range(max((r.steps for r in active), default=0)):
             stepping = [r for r in active if step < r.steps]
             with clip_model.autocast(device, precision):
-                texts = text_features_many(model, [r.learner for r in stepping])
+                texts = text_features_many(model, [r.learner for r in stepping], chunk)
                 parts = [r.batch_loss(step, t) for r, t in zip(stepping, texts, strict=True)]
             total = sum(r.scaler.scale(p) for r, p in zip(stepping, parts, strict=True))
             for r in stepping:
@@ -597,7 +617,7 @@ def train_many(
             for r in stepping:
                 r.scaler.step(r.optim)
                 r.scaler.update()
-        accs = accuracies(model, [r.learner for r in active], test_x, test_y)
+        accs = accuracies(model, [r.learner for r in active], test_x, test_y, chunk)
         for r, acc in zip(active, accs, strict=True):
             record = r.end_epoch(epoch, acc)
             loss = record["loss"]
@@ -673,10 +693,14 @@ def accuracy(model: Any, learner: PromptLearner, x: torch.Tensor, y: torch.Tenso
 
 @torch.no_grad()
 def accuracies(
-    model: Any, learners: list[PromptLearner], x: torch.Tensor, y: torch.Tensor
+    model: Any,
+    learners: list[PromptLearner],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    class_chunk: int | None = None,
 ) -> list[float]:
     """Top-1 accuracy of each prompt on normalised features `x` (one encoder pass)."""
-    texts = text_features_many(model, learners)
+    texts = text_features_many(model, learners, class_chunk)
     if not len(y):
         return [0.0] * len(learners)
     return [float(((x @ _normalise(t).T).argmax(dim=1) == y).float().mean()) for t in texts]
