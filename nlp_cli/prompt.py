@@ -85,11 +85,14 @@ class PromptLearner(nn.Module):
         self.register_buffer(
             "tokenized", clip_model.tokenize([f"{prefix_text} {n}." for n in names]).to(device)
         )
+        # Frozen parts of every prompt: [SOS] and everything after the context, each looked up
+        # alone (the [C, 77, width] embedding of all tokens would be ~3 GB at 21 000 classes).
         with torch.no_grad():
-            embedding = model.token_embedding(self.tokenized).to(dtype)
-        # Frozen parts of every prompt: [SOS] and everything after the context.
-        self.register_buffer("token_prefix", embedding[:, :1, :].clone())
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :, :].clone())
+            for name, tokens in (
+                ("token_prefix", self.tokenized[:, :1]),
+                ("token_suffix", self.tokenized[:, 1 + n_ctx :]),
+            ):
+                self.register_buffer(name, model.token_embedding(tokens).to(dtype))
 
     def class_ctx(self) -> torch.Tensor:
         """Context as [C, n_ctx, width], whether shared or class-specific."""
