@@ -11,7 +11,10 @@ Measures, on the device it finds (CUDA when present):
 * `full_run`: a whole DSPT-protocol run of a Caltech101-sized task (4 128 samples, 100 classes,
   50 epochs) on synthetic features;
 * `embed`: images per second of `nlp embed`'s path (DataLoader workers, pinned memory);
-* `batched`: R runs (seeds) trained together in one forward against the same R runs one by one.
+* `batched`: R runs (seeds) trained together in one forward against the same R runs one by one;
+* `compile`: the training step eager vs through torch.compile (`nlp train --compile`; mode
+  reduce-overhead, i.e. CUDA graphs, on CUDA) at C = 10 / 100 (10 with --quick): what
+  `--compile auto` should pick on this device.
 
 Every timing synchronises the device before reading the clock. Weights are random (no network
 for checkpoints), which changes no timing.
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_compile import Case, side_by_side  # noqa: E402
 from bench_protocol import synthetic_features  # noqa: E402
 from bench_step import classnames, vit_b16  # noqa: E402
 
@@ -180,11 +184,34 @@ def embed_case(ckpt: Path, device, n_images: int, workers: int, batch: int) -> d
     }
 
 
+def compile_cases(model, sizes: list[int], device, precision: str, repeats: int) -> list:
+    """Eager vs compiled step at each size; `ran` says whether compiling worked."""
+    out = []
+    for n_cls in sizes:
+        eager = Case(model, precision, False, n_cls, device)
+        comp = Case(model, precision, True, n_cls, device)
+        side_by_side([eager, comp], repeats)
+        g_eager, g_comp = eager.grad, comp.grad
+        out.append(
+            {
+                "classes": n_cls,
+                "eager_s": eager.seconds,
+                "compiled_s": comp.seconds,
+                "speedup": eager.seconds / comp.seconds,
+                "first_call_s": comp.first,
+                "ran": comp.ran,
+                "grad_rel_diff": float((g_comp - g_eager).abs().max() / g_eager.abs().max()),
+            }
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny CLIP, small sizes (any machine)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--no-compile", action="store_true", help="leave out eager vs compiled")
     args = ap.parse_args()
     device = torch.device(clip_model.resolve_device(args.device))
     precision = clip_model.resolve_precision(None, device)
@@ -213,6 +240,14 @@ def main() -> None:
         report["batched"] = batched(loaded, feats, device, runs, epochs)
         n_img, workers, batch = (16, 0, 8) if args.quick else (1024, 8, 128)
         report["embed"] = embed_case(ckpt, device, n_img, workers, batch)
+        if not args.no_compile:
+            report["compile"] = compile_cases(
+                loaded.model,
+                [10] if args.quick else [10, 100],
+                device,
+                precision,
+                3 if args.quick else 20,
+            )
     text = json.dumps(report, indent=1)
     if args.out is not None:
         args.out.write_text(text + "\n")

@@ -1,8 +1,12 @@
-"""One way to get a CLIP model: by OpenAI name, by built-in name, or by checkpoint path."""
+"""One way to get a CLIP model: by OpenAI name, by built-in name, by checkpoint path, or as an
+open_clip architecture (`open_clip:ARCH`) with its weights (a checkpoint file, a downloaded tag,
+or `none` for random weights)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +48,119 @@ def model_file(name: str) -> Path:
     return models_dir() / Path(url).name
 
 
-def resolve(name_or_path: str) -> Path:
-    """The checkpoint file for a model name or path; one clear error when it is absent."""
+OPEN_CLIP = "open_clip:"
+RANDOM_WEIGHTS = "none"  # --pretrained none: random weights, asked for explicitly
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def _open_clip():
+    """open_clip, imported only when an open_clip model is asked for; architecture configs
+    (open_clip's JSON format) under NLP_HOME/models/open_clip/configs join its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import open_clip
+    configs = open_clip_configs_dir()
+    if configs.is_dir() and configs not in open_clip.factory._MODEL_CONFIG_PATHS:
+        open_clip.add_model_config(configs)
+    return open_clip
+
+
+def open_clip_configs_dir() -> Path:
+    """Where extra open_clip architecture configs (`ARCH.json`) are read from."""
+    return models_dir() / "open_clip" / "configs"
+
+
+def open_clip_tag_dir(arch: str, tag: str) -> Path:
+    """Where `nlp download --model open_clip:ARCH --pretrained TAG` stores the weights."""
+    return models_dir() / "open_clip" / arch / tag
+
+
+def is_open_clip(name: str | None) -> bool:
+    """Whether a model reference names an open_clip architecture."""
+    return bool(name) and str(name).startswith(OPEN_CLIP)
+
+
+def model_ref(model: str | None, pretrained: str | None) -> str | None:
+    """`--model` and `--pretrained` as one model reference: `open_clip:ARCH@PRETRAINED`."""
+    if pretrained is None:
+        return model
+    if not is_open_clip(model):
+        raise UsageError(
+            "--pretrained applies to open_clip:ARCH models (OpenAI names and checkpoint paths "
+            "carry their weights)"
+        )
+    if "@" in model:
+        raise UsageError(f"--model {model} already names its weights: drop --pretrained")
+    return f"{model}@{pretrained}"
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """(ARCH, PRETRAINED or None) of `open_clip:ARCH[@PRETRAINED]`."""
+    arch, _, pretrained = ref[len(OPEN_CLIP) :].partition("@")
+    return arch, pretrained or None
+
+
+@dataclass(frozen=True)
+class OpenClipRef:
+    """An open_clip architecture and its weights: a file (from a path or a downloaded tag)
+    or random (path None)."""
+
+    arch: str
+    pretrained: str
+    path: Path | None
+    tag: str | None = None
+
+
+def stored_open_clip(arch: str, tag: str) -> Path | None:
+    """The weights file `nlp download` stored for (arch, tag), if any."""
+    folder = open_clip_tag_dir(arch, tag)
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return files[0] if files else None
+
+
+def resolve_open_clip(ref: str) -> OpenClipRef:
+    """The architecture and weights of `open_clip:ARCH@PRETRAINED`; one clear error otherwise."""
+    arch, pretrained = split_ref(ref)
+    oc = _open_clip()
+    known = oc.list_models()
+    if arch not in known:
+        raise UsageError(
+            f"unknown open_clip architecture {arch!r}{did_you_mean(arch, known)} "
+            f"(open_clip.list_models(), or a config in {open_clip_configs_dir()})"
+        )
+    tags = oc.list_pretrained_tags_by_model(arch)
+    if pretrained is None:
+        hint = f" or a tag ({', '.join(tags[:4])}{', …' if len(tags) > 4 else ''})" if tags else ""
+        raise UsageError(
+            f"{OPEN_CLIP}{arch} needs its weights: --pretrained PATH (a checkpoint file){hint}, "
+            f"or --pretrained {RANDOM_WEIGHTS} for random weights"
+        )
+    if pretrained == RANDOM_WEIGHTS:
+        return OpenClipRef(arch, RANDOM_WEIGHTS, None)
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return OpenClipRef(arch, str(path.resolve()), path)
+    if pretrained in tags:
+        stored = stored_open_clip(arch, pretrained)
+        if stored is None:
+            raise ArtifactError(
+                f"{OPEN_CLIP}{arch} weights {pretrained} are not downloaded: run `nlp download "
+                f"--model {OPEN_CLIP}{arch} --pretrained {pretrained}` or pass a checkpoint path"
+            )
+        return OpenClipRef(arch, pretrained, stored, pretrained)
+    raise UsageError(
+        f"--pretrained {pretrained!r} is no file, no tag of {OPEN_CLIP}{arch}"
+        f"{did_you_mean(pretrained, tags)} and not {RANDOM_WEIGHTS}"
+    )
+
+
+def resolve(name_or_path: str) -> Path | None:
+    """The checkpoint file for a model name or path; one clear error when it is absent.
+
+    None for an open_clip model with random weights (`open_clip:ARCH@none`).
+    """
+    if is_open_clip(name_or_path):
+        return resolve_open_clip(name_or_path).path
     if name_or_path in BUILTIN:
         path = BUILTIN[name_or_path]
         if not path.exists():
@@ -67,7 +182,7 @@ def resolve(name_or_path: str) -> Path:
     known = list(BUILTIN) + list(openai_models())
     raise UsageError(
         f"unknown CLIP model {name_or_path!r}{did_you_mean(name_or_path, known)}: "
-        f"use one of {', '.join(known)} or a checkpoint path"
+        f"use one of {', '.join(known)}, {OPEN_CLIP}ARCH or a checkpoint path"
     )
 
 
@@ -143,6 +258,26 @@ def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractC
     return torch.autocast(kind, dtype=torch.float16 if kind == "cuda" else torch.bfloat16)
 
 
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: CUDA, or a CPU with AVX-512 BF16 or AMX
+    (oneDNN's test). Elsewhere bf16 runs emulated through fp32, slower than fp32 itself
+    (benchmarks/bench_compile.py --bf16)."""
+    if torch.device(device).type != "cpu":
+        return True
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_warning(device: str | torch.device, precision: str) -> str | None:
+    """One line when `precision` computes in bf16 on a CPU without native bf16, else None."""
+    kind = torch.device(device).type
+    if kind != "cpu" or precision not in ("amp", "bf16") or native_bf16(device):
+        return None
+    return (
+        f"--precision {precision} computes in bf16, which this CPU has no instructions for "
+        "(AVX-512 BF16 or AMX): it runs emulated, slower than fp32 (benchmarks/README.md)"
+    )
+
+
 def grad_scaler(device: str | torch.device, precision: str) -> torch.amp.GradScaler:
     """A GradScaler for amp on CUDA (fp16 autocast); a pass-through one otherwise."""
     kind = torch.device(device).type
@@ -186,19 +321,263 @@ def identity(name_or_path: str, path: Path, model: Any) -> dict[str, Any]:
     }
 
 
+class OpenClip(torch.nn.Module):
+    """An open_clip model seen through the attributes the package reads of an OpenAI CLIP:
+    encode_image, token_embedding, positional_embedding, transformer (.resblocks), ln_final,
+    text_projection, logit_scale, dtype, visual.input_resolution; plus its own tokenizer and
+    the text forward from prompt embeddings (`encode_embeddings`).
+
+    `fast` says whether the exact fast encoder (truncation, shared prefix) applies: a causal
+    tower of open_clip's default blocks that pools at the EOT token (argmax of the token ids).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, arch: str) -> None:
+        super().__init__()
+        self.inner = model
+        self.tokenizer = tokenizer
+        self.arch = arch
+        self.visual.input_resolution = _first(getattr(self.visual, "image_size", 224))
+        self.fast = _fast_tower(self)
+
+    @property
+    def tower(self) -> Any:
+        """The module holding the text tower's parts (the model itself, or its `.text`)."""
+        return getattr(self.inner, "text", None) or self.inner
+
+    @property
+    def visual(self) -> Any:
+        return self.inner.visual
+
+    @property
+    def token_embedding(self) -> Any:
+        return self.tower.token_embedding
+
+    @property
+    def positional_embedding(self) -> torch.Tensor:
+        return self.tower.positional_embedding
+
+    @property
+    def transformer(self) -> Any:
+        return self.tower.transformer
+
+    @property
+    def ln_final(self) -> Any:
+        return self.tower.ln_final
+
+    @property
+    def attn_mask(self) -> torch.Tensor | None:
+        return self.tower.attn_mask
+
+    @property
+    def pool_type(self) -> str:
+        t = self.tower
+        return getattr(t, "pool_type", None) or getattr(t, "text_pool_type", "argmax")
+
+    @property
+    def text_projection(self) -> torch.Tensor:
+        """[width, embed_dim]: the projection matrix (a Linear layer's weight, transposed)."""
+        proj = self.tower.text_projection
+        return proj.weight.T if isinstance(proj, torch.nn.Linear) else proj
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.inner.logit_scale
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.get_cast_dtype()
+
+    @property
+    def context_length(self) -> int:
+        return int(self.positional_embedding.shape[0])
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self.inner.encode_image(image)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.inner.encode_text(tokens)
+
+    def encode_embeddings(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """open_clip's text forward from token embeddings x [B, T, width] (T ≤ context
+        length; the tokens [B, T] say where to pool): [B, embed_dim], not normalised."""
+        from open_clip.transformer import text_global_pool
+
+        t, dtype, n = self.tower, self.dtype, x.shape[1]
+        x = x.to(dtype) + self.positional_embedding[:n].to(dtype)
+        mask = self.attn_mask
+        x = self.transformer(x, attn_mask=None if mask is None else mask[:n, :n])
+        x = self.ln_final(x)
+        eos = getattr(t, "eos_id", getattr(t, "text_eos_id", None))
+        pooled = text_global_pool(x, tokens, self.pool_type, eos_token_id=eos)
+        proj = t.text_projection
+        return proj(pooled) if isinstance(proj, torch.nn.Linear) else pooled @ proj
+
+
+def _first(size: Any) -> int:
+    return int(size[0] if isinstance(size, tuple | list) else size)
+
+
+def _fast_tower(model: OpenClip) -> bool:
+    from open_clip.transformer import ResidualAttentionBlock
+
+    tower = model.tower
+    if model.attn_mask is None or model.pool_type != "argmax":
+        return False
+    if not isinstance(tower.text_projection, torch.nn.Parameter):
+        return False
+    for blk in model.transformer.resblocks:
+        attn = blk.attn
+        if type(blk) is not ResidualAttentionBlock or hasattr(blk, "ln_1_kv"):
+            return False
+        if not isinstance(attn, torch.nn.MultiheadAttention) or attn.in_proj_weight is None:
+            return False
+        if attn.bias_k is not None or list(dict(blk.mlp.named_children())) != [
+            "c_fc",
+            "gelu",
+            "c_proj",
+        ]:
+            return False
+    return True
+
+
+def fast_text(model: Any) -> bool:
+    """Whether the exact fast text encoder applies to this model's text tower."""
+    return bool(getattr(model, "fast", True))
+
+
+def context_length(model: Any) -> int:
+    """How many token positions the model's text tower holds (77 for OpenAI CLIP)."""
+    return int(getattr(model, "context_length", 77))
+
+
+def _state_digest(model: Any) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _check_text_cfg(arch: str, text_cfg: dict[str, Any]) -> None:
+    """Refuse text towers prompt learning cannot run on, in one line."""
+    why = None
+    if text_cfg.get("hf_model_name"):
+        why = f"its text tower is the Hugging Face model {text_cfg['hf_model_name']}"
+    elif text_cfg.get("hf_tokenizer_name"):
+        why = f"its tokenizer is Hugging Face's {text_cfg['hf_tokenizer_name']}, not CLIP's BPE"
+    elif text_cfg.get("embed_cls"):
+        why = "its text tower appends a class token (CoCa)"
+    elif text_cfg.get("use_pad_mask"):
+        why = "its text tower masks padding"
+    if why:
+        raise UsageError(
+            f"{OPEN_CLIP}{arch} is not supported: {why}; prompt learning here needs open_clip's "
+            "own text transformer with CLIP's tokenizer ([SOS] … [EOT])"
+        )
+
+
+def _load_open_clip(ref: OpenClipRef, device: str, precision: str) -> tuple[OpenClip, Any]:
+    oc = _open_clip()
+    cfg = oc.get_model_config(ref.arch) or {}
+    _check_text_cfg(ref.arch, cfg.get("text_cfg") or {})
+    tag_cfg = oc.get_pretrained_cfg(ref.arch, ref.tag) if ref.tag else {}
+    kwargs: dict[str, Any] = {"force_quick_gelu": bool(tag_cfg.get("quick_gelu"))}
+    preprocess_cfg = {k: tag_cfg[k] for k in _PREPROCESS_KEYS if k in tag_cfg}
+    if preprocess_cfg:
+        kwargs["force_preprocess_cfg"] = preprocess_cfg
+    # open_clip's own half layout (LayerNorm in fp32, as CLIP's); amp keeps fp32 weights
+    oc_precision = precision if precision in ("fp16", "bf16") else "fp32"
+    what = ref.pretrained if ref.path is None else str(ref.path)
+    try:
+        # random weights are seeded, so that every stage builds the same model
+        with torch.random.fork_rng(devices=[]), _quiet():
+            torch.manual_seed(0)
+            model, _, preprocess = oc.create_model_and_transforms(
+                ref.arch,
+                pretrained=None if ref.path is None else str(ref.path),
+                precision=oc_precision,
+                device=device,
+                **kwargs,
+            )
+    except Exception as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ArtifactError(
+            f"{what} is not a loadable checkpoint for {OPEN_CLIP}{ref.arch} ({detail})"
+        ) from e
+    tokenizer = oc.get_tokenizer(ref.arch)
+    if not isinstance(tokenizer, oc.tokenizer.SimpleTokenizer):
+        raise UsageError(
+            f"{OPEN_CLIP}{ref.arch} is not supported: its tokenizer is not CLIP's BPE tokenizer"
+        )
+    wrapped = OpenClip(model, tokenizer, ref.arch)
+    if wrapped.tower.text_projection is None:
+        raise UsageError(
+            f"{OPEN_CLIP}{ref.arch} is not supported: its text tower has no projection"
+        )
+    return wrapped, preprocess
+
+
+@contextlib.contextmanager
+def _quiet():
+    """open_clip reports through the root logger: the library keeps stderr for the CLI."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def open_clip_identity(ref: OpenClipRef, model: OpenClip) -> dict[str, Any]:
+    """What artifacts record about an open_clip model: its reference, weights and digest."""
+    from nlp_cli.artifacts import file_digest
+
+    return {
+        "name": f"{OPEN_CLIP}{ref.arch}",
+        "pretrained": ref.pretrained,
+        "path": "" if ref.path is None else str(ref.path.resolve()),
+        "digest": _state_digest(model) if ref.path is None else file_digest(ref.path),
+        "embed_dim": int(model.text_projection.shape[1]),
+        "input_resolution": int(model.visual.input_resolution),
+        "text_encoder": "fast" if model.fast else "plain",
+    }
+
+
+def recorded_refs(recorded: dict[str, Any], override: str | None = None) -> list[str]:
+    """The model references to try for a recorded model identity (`override` first)."""
+    name = recorded.get("name")
+    if override and not (is_open_clip(override) and "@" not in override and override == name):
+        return [override]
+    if is_open_clip(name):
+        weights = [recorded.get("pretrained"), recorded.get("path")]
+        return list(dict.fromkeys(f"{name}@{w}" for w in weights if w))
+    return [c for c in (name, recorded.get("path")) if c]
+
+
 _loaded: dict[tuple[str, str, str], LoadedClip] = {}
 
 
 def load(
     name_or_path: str, device: str | torch.device = "cpu", precision: str | None = None
 ) -> LoadedClip:
-    """Load a frozen CLIP with clip-anytorch's ordinary path, its weights in `precision`.
+    """Load a frozen CLIP with clip-anytorch's ordinary path, its weights in `precision`;
+    `open_clip:ARCH@PRETRAINED` (model_ref) with open_clip's create_model_and_transforms.
 
     `precision` None is resolve_precision's default (fp16 on CUDA, fp32 on CPU). The identity
     does not depend on it: artifacts made at any precision name the same model.
     """
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
+    if is_open_clip(name_or_path):
+        ref = resolve_open_clip(name_or_path)
+        key = (f"{OPEN_CLIP}{ref.arch}@{ref.path or ref.pretrained}", device, precision)
+        if key not in _loaded:
+            model, preprocess = _load_open_clip(ref, device, precision)
+            _freeze(model)
+            _loaded[key] = LoadedClip(model, preprocess, open_clip_identity(ref, model), precision)
+        return _loaded[key]
     path = resolve(name_or_path)
     key = (str(path.resolve()), device, precision)
     if key in _loaded:
@@ -210,12 +589,17 @@ def load(
             model, preprocess = clip.load(str(path), device=device, jit=False)
     except Exception as e:
         raise ArtifactError(f"{path} is not a loadable CLIP checkpoint ({type(e).__name__})") from e
-    to_precision(model, precision).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    to_precision(model, precision)
+    _freeze(model)
     loaded = LoadedClip(model, preprocess, identity(name_or_path, path, model), precision)
     _loaded[key] = loaded
     return loaded
+
+
+def _freeze(model: Any) -> None:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
 
 
 def load_for(
@@ -226,16 +610,17 @@ def load_for(
 ) -> LoadedClip:
     """The CLIP model an artifact was made with: by its recorded name, else its recorded path.
 
-    `override` (a name or path) replaces the recorded one and must have the same digest;
+    `override` (a name or path) replaces the recorded one and must have the same digest (a
+    bare `open_clip:ARCH` that is the recorded one keeps the recorded weights);
     `device` and `precision` are as in load.
     """
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     recorded = meta.get("model") or {}
-    candidates = [override] if override else [recorded.get("name"), recorded.get("path")]
-    candidates = [c for c in candidates if c]
+    candidates = recorded_refs(recorded, override)
     if not candidates:
         raise ArtifactError("the artifact records no CLIP model: pass --model NAME_OR_PATH")
+    override = override if candidates == [override] else None  # a bare recorded open_clip:ARCH
     last: Exception | None = None
     for cand in candidates:
         try:
@@ -264,9 +649,32 @@ def load_for(
     )
 
 
-def tokenize(texts: list[str]) -> torch.Tensor:
-    """CLIP's tokenizer, 77 tokens per text."""
+def tokenize(texts: list[str], model: Any = None) -> torch.Tensor:
+    """The model's tokenizer (CLIP's when `model` is None), its context length per text."""
+    if isinstance(model, OpenClip):
+        return model.tokenizer(texts)
     return _clip().tokenize(texts)
+
+
+def bpe_encode(model: Any, text: str) -> list[int]:
+    """The BPE token ids of `text` (no [SOS]/[EOT]) under the model's tokenizer."""
+    if isinstance(model, OpenClip):
+        return model.tokenizer.encode(text)
+    return _clip().simple_tokenizer.SimpleTokenizer().encode(text)
+
+
+def encode_prompts(model: Any, prompts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The text tower over prompt token embeddings [C, T, width] with all positions (CoOp's
+    TextEncoder; open_clip's text forward for its models): [C, embed_dim], not normalised."""
+    if isinstance(model, OpenClip):
+        return model.encode_embeddings(prompts, tokens)
+    x = prompts + model.positional_embedding.to(prompts.dtype)
+    x = x.permute(1, 0, 2)
+    x = model.transformer(x)
+    x = x.permute(1, 0, 2)
+    x = model.ln_final(x)
+    eot = tokens.argmax(dim=-1)
+    return x[torch.arange(x.shape[0], device=x.device), eot] @ model.text_projection
 
 
 @torch.no_grad()
@@ -276,15 +684,22 @@ def encode_texts(model: Any, texts: list[str], chunk: int = 256) -> torch.Tensor
     The text tower is causal and only the end-of-text position is read, so positions after the
     longest text's end never matter: the tower runs on the first (max EOT + 1) positions only,
     the same features as `model.encode_text` on all 77 (tests hold them together), several
-    times faster for short prompts. Chunks of `chunk` texts bound the memory.
+    times faster for short prompts. Chunks of `chunk` texts bound the memory. An open_clip tower
+    the fast encoder does not apply to (fast_text) runs its own encode_text on all positions.
     """
     device = model.text_projection.device
-    tokens = tokenize(texts).to(device)
+    tokens = tokenize(texts, model).to(device)
     out = [_encode_truncated(model, tokens[i : i + chunk]) for i in range(0, len(tokens), chunk)]
     return torch.cat(out) if out else torch.zeros(0, model.text_projection.shape[1])
 
 
 def _encode_truncated(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    if isinstance(model, OpenClip):
+        if not model.fast:
+            return model.encode_text(tokens).float()
+        length = int(tokens.argmax(dim=-1).max()) + 1
+        cut = tokens[:, :length]
+        return model.encode_embeddings(model.token_embedding(cut), cut).float()
     eot = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
     length = int(eot.max()) + 1
     dtype = model.dtype
@@ -370,4 +785,26 @@ def save_checkpoint(model: Any, path: Path | str, fp16: bool = True) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+    return path
+
+
+def build_open_clip(arch: str, seed: int = 0, **overrides: Any) -> OpenClip:
+    """A randomly initialised open_clip model of `arch`, frozen, for tests; `overrides`
+    replace top-level config entries (e.g. a smaller `text_cfg`), as create_model allows."""
+    oc = _open_clip()
+    torch.manual_seed(seed)
+    with _quiet():
+        model = oc.create_model(arch, pretrained=None, **overrides)
+    wrapped = OpenClip(model, oc.get_tokenizer(arch), arch)
+    _freeze(wrapped)
+    return wrapped
+
+
+def save_open_clip(model: OpenClip, path: Path | str) -> Path:
+    """Save an open_clip model's state dict as a checkpoint `--pretrained PATH` loads."""
+    from nlp_cli.artifacts import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(model.inner.state_dict(), tmp)
     return path

@@ -251,6 +251,25 @@ def instance_dependent(
     return NoiseResult(noisy)
 
 
+@register("human")
+def human(
+    labels: torch.Tensor,
+    num_classes: int,
+    gen: torch.Generator,
+    given: torch.Tensor | None = None,
+    **_: Any,
+) -> NoiseResult:
+    """Human labels (CIFAR-N): each sample keeps the label its annotators gave it."""
+    if given is None:
+        raise ValueError("human noise needs the human labels of the samples")
+    given = given.long()
+    if given.shape != labels.shape:
+        raise ValueError(f"{len(given)} human labels for {len(labels)} samples")
+    if len(given) and not bool(((given >= 0) & (given < num_classes)).all()):
+        raise UsageError(f"the human labels are not all classes 0..{num_classes - 1}")
+    return NoiseResult(given.clone())
+
+
 def nearest_other_class(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,8 +338,9 @@ def corrupt(
         index, short = sample_shots(labels, shots, num_classes, gen)
     else:
         index, short = torch.arange(len(labels)), []
-    feats = options.pop("features", None)
-    if feats is not None:
-        options["features"] = feats[index]
+    # Per-sample options follow the samples through the shot sampling.
+    for name in ("features", "given"):
+        if options.get(name) is not None:
+            options[name] = options[name][index]
     result = spec.fn(labels[index], num_classes, gen, **options)
     return index, result, short

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,10 +14,6 @@ from nlp_cli import clip_model
 from nlp_cli.errors import UsageError
 
 POSITIONS = ("end", "middle", "front")
-
-
-def _tokenizer():
-    return clip_model._clip().simple_tokenizer.SimpleTokenizer()
 
 
 class PromptLearner(nn.Module):
@@ -55,7 +52,8 @@ class PromptLearner(nn.Module):
             # in the frozen suffix, as there (checkpoint interop depends on the count).
             init_words, n_ctx = ctx_init_words(ctx_init)
             with torch.no_grad():
-                emb = model.token_embedding(clip_model.tokenize([init_words]).to(device))
+                tokens = clip_model.tokenize([init_words], model).to(device)
+                emb = model.token_embedding(tokens)
             ctx = emb[0, 1 : 1 + n_ctx].clone().to(dtype)
             # CoOp (trainers/coop.py): initial words make one shared context; CSC applies only
             # to the random initialisation
@@ -74,17 +72,18 @@ class PromptLearner(nn.Module):
         self.n_cls = n_cls
         self.csc = csc
         self.position = position
-        tok = _tokenizer()
-        self.name_lens = [len(tok.encode(n)) for n in names]
-        longest = len(tok.encode(prefix_text)) + max(self.name_lens, default=0) + 3
-        if longest > 77:  # [SOS] … "." [EOT]: CLIP's text tower holds 77 positions
+        self.name_lens = [len(clip_model.bpe_encode(model, n)) for n in names]
+        longest = len(clip_model.bpe_encode(model, prefix_text)) + max(self.name_lens, default=0)
+        longest += 3
+        positions = clip_model.context_length(model)
+        if longest > positions:  # [SOS] … "." [EOT]: CLIP's text tower holds 77 positions
             raise UsageError(
                 f"the prompt needs {longest} tokens ({n_ctx} context, the longest class name "
-                f"{max(self.name_lens)}), more than CLIP's 77: use a smaller --n-ctx"
+                f"{max(self.name_lens)}), more than the text tower's {positions}: "
+                "use a smaller --n-ctx"
             )
-        self.register_buffer(
-            "tokenized", clip_model.tokenize([f"{prefix_text} {n}." for n in names]).to(device)
-        )
+        texts = [f"{prefix_text} {n}." for n in names]
+        self.register_buffer("tokenized", clip_model.tokenize(texts, model).to(device))
         # Frozen parts of every prompt: [SOS] and everything after the context, each looked up
         # alone (the [C, 77, width] embedding of all tokens would be ~3 GB at 21 000 classes).
         with torch.no_grad():
@@ -127,15 +126,11 @@ class PromptLearner(nn.Module):
 
 
 def plain_text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
-    """CoOp's text encoder over all 77 positions (the reference): [C, embed_dim], not normalised."""
-    prompts = learner()
-    x = prompts + model.positional_embedding.to(prompts.dtype)
-    x = x.permute(1, 0, 2)
-    x = model.transformer(x)
-    x = x.permute(1, 0, 2)
-    x = model.ln_final(x)
-    eot = learner.tokenized.argmax(dim=-1)
-    return x[torch.arange(x.shape[0], device=x.device), eot] @ model.text_projection
+    """CoOp's text encoder over all 77 positions (the reference): [C, embed_dim], not normalised.
+
+    On an open_clip model, open_clip's text forward over all its positions, from the prompts.
+    """
+    return clip_model.encode_prompts(model, learner(), learner.tokenized)
 
 
 def _layer_norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
@@ -183,13 +178,20 @@ def _attend(
     b, h, t, d = out.shape
     out = out.transpose(1, 2).reshape(b, t, h * d)
     proj = blk.attn.out_proj
-    return _linear(proj.weight, proj.bias, out, runs)
+    return _scaled(blk, "ls_1", _linear(proj.weight, proj.bias, out, runs))
 
 
 def _mlp(blk: Any, x: torch.Tensor, runs: int) -> torch.Tensor:
     fc, proj = blk.mlp.c_fc, blk.mlp.c_proj
     h = _linear(fc.weight, fc.bias, _layer_norm(blk.ln_2, x), runs)
-    return _linear(proj.weight, proj.bias, h * torch.sigmoid(1.702 * h), runs)
+    # the block's own activation: QuickGELU in OpenAI's CLIP, GELU or QuickGELU in open_clip's
+    return _scaled(blk, "ls_2", _linear(proj.weight, proj.bias, blk.mlp.gelu(h), runs))
+
+
+def _scaled(blk: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's LayerScale after attention (ls_1) or the MLP (ls_2), where a block has one."""
+    ls = getattr(blk, name, None)
+    return x if ls is None or isinstance(ls, nn.Identity) else ls(x)
 
 
 def shared_prefix_len(learner: PromptLearner) -> int:
@@ -232,6 +234,8 @@ def text_features(
     runs once and the class suffixes attend to its one copy of keys and values; the last layer
     runs only at the EOT position; the frozen weights are detached, so only ctx gets gradients.
     Classes go through in chunks of `class_chunk` (resolve_chunk), each recomputed in backward.
+    A text tower these savings do not hold for (clip_model.fast_text: non-causal, pooling
+    elsewhere than at the EOT token) runs plain_text_features instead.
     """
     return text_features_many(model, [learner], class_chunk)[0]
 
@@ -279,7 +283,7 @@ def _attend_prefixed(blk: Any, q, k, v, kp, vp, mask: torch.Tensor, runs: int) -
     op = (wp @ vp).reshape(runs, h, n_cls, t, d).transpose(1, 2).reshape(rc, h, t, d)
     out = (op + w[..., p:] @ v).transpose(1, 2).reshape(rc, t, h * d)
     proj = blk.attn.out_proj
-    return _linear(proj.weight, proj.bias, out, runs)
+    return _scaled(blk, "ls_1", _linear(proj.weight, proj.bias, out, runs))
 
 
 def _prefix_pass(blocks: list, hp: torch.Tensor, p: int, heads: int, runs: int) -> list:
@@ -295,29 +299,26 @@ def _prefix_pass(blocks: list, hp: torch.Tensor, p: int, heads: int, runs: int) 
 
 
 def _suffix_pass(
-    model: Any, x: torch.Tensor, rel_eot: torch.Tensor, runs: int, *prefix_kvs: torch.Tensor
+    model: Any, x: torch.Tensor, plan: PackPlan, *prefix_kvs: torch.Tensor
 ) -> torch.Tensor:
-    """Features [R, C', embed_dim] of C' classes' suffixes x [R·C', s, W] (run-major), each row
-    computed up to its EOT at suffix position rel_eot[c], attending to the prefix keys/values."""
+    """Features [R, C', embed_dim] of the plan's C' classes from their suffixes x [R·C', s, W]
+    (run-major), each row computed up to its own EOT, attending to the prefix keys/values."""
     blocks = list(model.transformer.resblocks)
     heads = blocks[0].attn.num_heads
-    n_cls, width = rel_eot.shape[0], x.shape[-1]
-    device = x.device
-    s = int(rel_eot.max()) + 1
-    x = x[:, :s]
-    rows = rel_eot.to(device).repeat(runs)
-    # Suffix position j of row (run, class) is computed iff it is at or before that class's EOT.
-    valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
-    hv = x[valid]
-    eot_at = torch.cumsum(valid.sum(dim=1), dim=0) - 1
-    mask = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    runs, n_cls, width = plan.runs, plan.classes, x.shape[-1]
+    s = plan.length - plan.prefix
+    valid_at, eot_at = plan.valid_at, plan.eot_at
     prefixed = bool(prefix_kvs)
 
-    def padded(t: torch.Tensor) -> torch.Tensor:
-        out = t.new_zeros(runs * n_cls, s, t.shape[-1])
-        out[valid] = t
-        return out
+    def packed(t: torch.Tensor) -> torch.Tensor:
+        # [R·C', s, …] → the valid positions only, [V, …]
+        return t.flatten(0, 1).index_select(0, valid_at)
 
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        out = t.new_zeros(runs * n_cls * s, t.shape[-1])
+        return out.index_copy(0, valid_at, t).reshape(runs * n_cls, s, t.shape[-1])
+
+    hv = packed(x)
     for i, blk in enumerate(blocks):
         attn = blk.attn
         w_in, b_in = attn.in_proj_weight, attn.in_proj_bias
@@ -326,11 +327,11 @@ def _suffix_pass(
         if last:
             kv = padded(_linear(w_in[width:], b_in[width:], a, runs))
             q = _linear(w_in[:width], b_in[:width], a[eot_at], runs)[:, None]
-            m = mask[rows][:, None, None]
+            m = plan.eot_mask
         else:
             qkv = padded(_linear(w_in, b_in, a, runs))
             q, kv = qkv[..., :width], qkv[..., width:]
-            m = mask
+            m = plan.mask
         k, v = (_heads(t, heads) for t in kv.chunk(2, dim=-1))
         q = _heads(q, heads)
         if prefixed:
@@ -344,67 +345,134 @@ def _suffix_pass(
             final = _layer_norm(model.ln_final, h[:, 0])
             out = _linear(model.text_projection.T, None, final, runs)
             return out.reshape(runs, n_cls, -1)
-        hv = hv + att[valid]
+        hv = hv + packed(att)
         hv = hv + _mlp(blk, hv, runs)
     raise ValueError("the text transformer has no layers")
 
 
 def text_features_many(
-    model: Any, learners: Sequence[PromptLearner], class_chunk: int | None = None
+    model: Any,
+    learners: Sequence[PromptLearner],
+    class_chunk: int | None = None,
+    core: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """text_features of R prompts over the same classes in one encoder pass: [R, C, embed_dim].
 
     The R×C class suffixes go through each layer as one packed batch; each prompt's shared
     prefix runs once and only its own classes attend to it. Prompt r's rows depend on prompt
     r's ctx alone, so a loss summed over the R prompts gives each ctx its own gradient.
+    `core` replaces `encode_packed` (the same function under torch.compile, say).
 
-    With more classes than one chunk (resolve_chunk), the suffixes go through the whole tower
-    one chunk of classes at a time; under autograd each chunk is checkpointed (its activations
-    are dropped and recomputed in backward), so one chunk's activations live at once and the
-    gradients are those of the whole pass.
+    With more classes than one chunk (resolve_chunk), the classes go through the whole tower
+    one chunk at a time, each chunk through `core` with its own plan (pack_plans); under
+    autograd each chunk is checkpointed (its activations are dropped and recomputed in
+    backward), so one chunk's activations live at once and the gradients are those of the
+    whole pass.
     """
     if not learners:
         raise ValueError("no prompts to encode")
     check_batchable(learners)
-    first = learners[0]
-    n_runs, n_cls = len(learners), first.n_cls
+    if not clip_model.fast_text(model):
+        return torch.stack([plain_text_features(model, learner) for learner in learners])
+    encoder = core or encode_packed
+    plans = pack_plans(learners[0], len(learners), class_chunk)
+
+    def encode(plan: PackPlan) -> torch.Tensor:
+        return encoder(model, plan_prompts(learners, plan), plan)
+
+    if len(plans) == 1:
+        return encode(plans[0])
+    from torch.utils.checkpoint import checkpoint
+
+    tracked = torch.is_grad_enabled()
+    outs = [
+        checkpoint(encode, plan, use_reentrant=False) if tracked else encode(plan) for plan in plans
+    ]
+    return torch.cat(outs, dim=1)
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """Where each prompt's tokens sit in the packed encoder batch; a function of the class
+    names and the layout alone (the same every step), so the encoder's shapes never depend on
+    data: `valid_at` lists the packed suffix positions, `eot_at` each row's EOT among them,
+    `mask` is the causal mask among suffix positions [s, s] and `eot_mask` each EOT query's
+    row of it. A plan covers `classes` classes from class `first` on (one chunk, or all)."""
+
+    runs: int
+    classes: int
+    length: int
+    prefix: int
+    valid_at: torch.Tensor
+    eot_at: torch.Tensor
+    mask: torch.Tensor
+    eot_mask: torch.Tensor
+    first: int = 0
+
+
+def pack_plan(learner: PromptLearner, runs: int, classes: slice | None = None) -> PackPlan:
+    """The packing of `runs` prompts laid out as `learner` (see PackPlan), over the classes
+    `classes` (a contiguous slice; all by default). The shared prefix is the whole learner's,
+    so every chunk's plan holds the same prefix."""
+    all_eot = learner.tokenized.argmax(dim=-1)
+    lo, hi, _ = (classes or slice(None)).indices(learner.n_cls)
+    eot = all_eot[lo:hi]
+    device = eot.device
+    length = int(eot.max()) + 1
+    p = min(shared_prefix_len(learner), int(all_eot.min()))
+    s = length - p
+    rows = (eot - p).to(device).repeat(runs)
+    # Suffix position j of row (run, class) is computed iff it is at or before that class's EOT.
+    valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
+    mask = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    return PackPlan(
+        runs=runs,
+        classes=hi - lo,
+        length=length,
+        prefix=p,
+        valid_at=valid.flatten().nonzero().flatten(),
+        eot_at=torch.cumsum(valid.sum(dim=1), dim=0) - 1,
+        mask=mask,
+        eot_mask=mask[rows][:, None, None],
+        first=lo,
+    )
+
+
+def pack_plans(learner: PromptLearner, runs: int, class_chunk: int | None = None) -> list:
+    """One PackPlan per chunk of classes (resolve_chunk), in class order."""
+    n_cls = learner.n_cls
+    chunk = resolve_chunk(n_cls, class_chunk)
+    if chunk >= n_cls:
+        return [pack_plan(learner, runs)]
+    return [pack_plan(learner, runs, slice(lo, lo + chunk)) for lo in range(0, n_cls, chunk)]
+
+
+def plan_prompts(learners: Sequence[PromptLearner], plan: PackPlan) -> torch.Tensor:
+    """The prompt embeddings the plan packs, [R·C', length, width] (run-major)."""
+    span = slice(plan.first, plan.first + plan.classes)
+    return torch.cat([learner.prompt_rows(span, plan.length) for learner in learners])
+
+
+def encode_packed(model: Any, prompts: torch.Tensor, plan: PackPlan) -> torch.Tensor:
+    """The text tower on R·C' prompt embeddings [R·C', length, width] packed as `plan` says:
+    [R, C', embed_dim]. Every shape here follows from the plan, none from tensor values.
+
+    The shared prefix (the first class's of each run) runs once per run, and the suffixes
+    attend to its one copy of keys and values."""
+    n_cls, p = plan.classes, plan.prefix
     blocks = list(model.transformer.resblocks)
     if not blocks:
         raise ValueError("the text transformer has no layers")
     heads = blocks[0].attn.num_heads
-    eot = first.tokenized.argmax(dim=-1)
-    length = int(eot.max()) + 1
-    pos = model.positional_embedding[:length].detach()
-    p = min(shared_prefix_len(first), int(eot.min()))
+    x = prompts + model.positional_embedding[: plan.length].detach().to(prompts.dtype)
     prefix_kvs: list[torch.Tensor] = []
     if p:
-        head = torch.cat([learner.prompt_rows(slice(0, 1), p) for learner in learners])
-        head = head + pos[:p].to(head.dtype)
         # The prefix gets zero rows up to a multiple of 4; under causal attention they never
         # reach a real position, and batched attention then rounds each prompt's prefix as it
         # would alone.
-        prefix_kvs = _prefix_pass(blocks, F.pad(head, (0, 0, 0, -p % 4)), p, heads, n_runs)
-    chunk = resolve_chunk(n_cls, class_chunk)
-
-    def encode(lo: int, hi: int, *kvs: torch.Tensor) -> torch.Tensor:
-        span = slice(lo, hi)
-        rows = torch.cat([learner.prompt_rows(span, length)[:, p:] for learner in learners])
-        x = rows + pos[p:].to(rows.dtype)
-        return _suffix_pass(model, x, eot[span] - p, n_runs, *kvs)
-
-    if chunk >= n_cls:
-        return encode(0, n_cls, *prefix_kvs)
-    from torch.utils.checkpoint import checkpoint
-
-    tracked = torch.is_grad_enabled()
-    outs = []
-    for lo in range(0, n_cls, chunk):
-        hi = min(lo + chunk, n_cls)
-        if tracked:
-            outs.append(checkpoint(encode, lo, hi, *prefix_kvs, use_reentrant=False))
-        else:
-            outs.append(encode(lo, hi, *prefix_kvs))
-    return torch.cat(outs, dim=1)
+        hp = F.pad(x[::n_cls, :p], (0, 0, 0, -p % 4))
+        prefix_kvs = _prefix_pass(blocks, hp, p, heads, plan.runs)
+    return _suffix_pass(model, x[:, p:], plan, *prefix_kvs)
 
 
 def learner_from_artifact(

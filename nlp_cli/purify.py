@@ -8,6 +8,7 @@ NLPrompt code computes it (docs: SPEC §2), with NLPrompt's curriculum budget as
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,9 +20,18 @@ from nlp_cli.errors import NlpError, UsageError
 from nlp_cli.registry import Registry, first_doc_line
 
 SOLVERS = ("torch", "pot")
+# The purifiers' arithmetic, as a number that a partition records (and its cache key holds): a
+# partition made under another number is recomputed, not served from cache. Raise it whenever
+# a purifier can give other numbers than before for the same inputs. 1: no number recorded;
+# 2: PromptOT's log domain streams its iterations (plans equal to ~1e-12, not bit for bit).
+ALGORITHM_VERSION = 2
 # Above this span of a column of the cost divided by reg, exp(-M/reg) leaves float64's range
 # (exp(-708) is its smallest normal number), so the scaling iterations would divide by zero.
 LOG_DOMAIN_SPAN = 600.0
+# Progress of an iterative solver: (iterations done, the most it may take, the current error),
+# called where the error is computed anyway (every 10th Sinkhorn iteration): no extra
+# synchronisation with the device.
+Progress = Callable[[int, int, float], None]
 
 
 @dataclass
@@ -43,6 +53,7 @@ class PurifierSpec:
     fn: Callable[..., PartitionResult]
     defaults: dict[str, Any]
     doc: str
+    reports: bool = False  # takes `on_progress`
 
 
 _REGISTRY: Registry[PurifierSpec] = Registry("purifier")
@@ -52,7 +63,9 @@ def register(name: str, **defaults: Any) -> Callable[[Callable[..., PartitionRes
     """Decorator adding a purifier to the registry under `name`."""
 
     def wrap(fn: Callable[..., PartitionResult]) -> Callable[..., PartitionResult]:
-        _REGISTRY.add(name, PurifierSpec(name, fn, dict(defaults), first_doc_line(fn)))
+        reports = "on_progress" in inspect.signature(fn).parameters
+        spec = PurifierSpec(name, fn, dict(defaults), first_doc_line(fn), reports)
+        _REGISTRY.add(name, spec)
         return fn
 
     return wrap
@@ -74,9 +87,11 @@ def purify(
     text_feats: torch.Tensor,
     labels: torch.Tensor,
     logit_scale: float,
+    on_progress: Progress | None = None,
     **options: Any,
 ) -> PartitionResult:
-    """Run the purifier `name`; options it does not know are a UsageError."""
+    """Run the purifier `name`; options it does not know are a UsageError. A purifier with an
+    iterative solver reports through `on_progress(iteration, max_iterations, error)`."""
     spec = get(name)
     unknown = [k for k in options if k not in spec.defaults]
     if unknown:
@@ -84,7 +99,8 @@ def purify(
         raise UsageError(f"purifier {name!r} has no option {unknown[0]!r} (its options: {have})")
     opts = {**spec.defaults, **{k: v for k, v in options.items() if v is not None}}
     _check_inputs(image_feats, text_feats, labels)
-    result = spec.fn(image_feats, text_feats, labels, logit_scale, **opts)
+    hooks = {"on_progress": on_progress} if on_progress is not None and spec.reports else {}
+    result = spec.fn(image_feats, text_feats, labels, logit_scale, **opts, **hooks)
     result.info.setdefault("method", name)
     result.info.setdefault("options", opts)
     return result
@@ -101,24 +117,84 @@ def _check_inputs(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor)
         raise ValueError(f"labels must lie in [0, {text.shape[0]})")
 
 
+# Feature rows per chunk when forming logits or the cost: each chunk is upcast to float64 on its
+# own (8 MiB at D = 512), so no N × D float64 copy of the features is ever made. Chunks that start
+# on multiples of 1024 rows fall on the matrix product's own row blocking: on the x86 CPU builds
+# measured, the logits come out bit for bit as from one product over all rows.
+_CHUNK = 2048
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _logit_chunks(image_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale: float):
+    """(start, s · norm(I[start:start + _CHUNK]) · norm(T)ᵀ in float64), chunk after chunk."""
+    text_t = _unit_rows(text_feats).T
+    scale = float(logit_scale)
+    for s in range(0, image_feats.shape[0], _CHUNK):
+        yield s, scale * _unit_rows(image_feats[s : s + _CHUNK]) @ text_t
+
+
+def _gather_rows(chunks, n: int, c: int, device: torch.device) -> torch.Tensor:
+    out = torch.empty((n, c), dtype=torch.float64, device=device)
+    for s, z in chunks:
+        out[s : s + z.shape[0]] = z
+    return out
+
+
 def class_logits(
     image_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale: float
 ) -> torch.Tensor:
-    """s · norm(I) · norm(T)ᵀ in float64, for raw (un-normalised) features."""
-    image = image_feats.double()
-    text = text_feats.double()
-    image = image / image.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    text = text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return float(logit_scale) * image @ text.T
+    """s · norm(I) · norm(T)ᵀ in float64 [N, C], for raw features of any float dtype."""
+    chunks = _logit_chunks(image_feats, text_feats, logit_scale)
+    return _gather_rows(chunks, image_feats.shape[0], text_feats.shape[0], image_feats.device)
+
+
+def class_probs(
+    image_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale: float
+) -> torch.Tensor:
+    """softmax(`class_logits`) in float64 [N, C], without an N × C buffer of logits."""
+    chunks = (
+        (s, z.softmax(dim=-1)) for s, z in _logit_chunks(image_feats, text_feats, logit_scale)
+    )
+    return _gather_rows(chunks, image_feats.shape[0], text_feats.shape[0], image_feats.device)
+
+
+def _cost_chunks(image_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale: float):
+    # The cost stays float64: its rounding reaches the plan multiplied by 1/reg (exp(−M/reg)).
+    # Formed in float32 (errors ~5e-6 in M), entries of the plan moved by up to 1e-3 (relative)
+    # at reg 0.01 and 1e-2 at reg 0.001 (at 20 000 × 101), so the partition would no longer
+    # be POT's to tight tolerance; float64 per chunk costs only the chunk.
+    for s, z in _logit_chunks(image_feats, text_feats, logit_scale):
+        # The public NLPrompt code takes log_softmax of the probabilities: a double softmax.
+        yield s, z.softmax(dim=-1).log_softmax(dim=-1).neg_()
 
 
 def promptot_cost(
     image_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale: float
 ) -> torch.Tensor:
     """PromptOT's cost M = −log_softmax(softmax(s·I·Tᵀ)), float64 [N, C]."""
-    probs = class_logits(image_feats, text_feats, logit_scale).softmax(dim=-1)
-    # The public NLPrompt code takes log_softmax of the probabilities: a double softmax.
-    return probs.log_softmax(dim=-1).neg_()
+    chunks = _cost_chunks(image_feats, text_feats, logit_scale)
+    return _gather_rows(chunks, image_feats.shape[0], text_feats.shape[0], image_feats.device)
+
+
+def _cost_t(image_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale: float):
+    """PromptOT's cost stored as Mt = [C, N] float64, with its column minima and maxima [C]."""
+    n, c, device = image_feats.shape[0], text_feats.shape[0], image_feats.device
+    Mt = torch.empty((c, n), dtype=torch.float64, device=device)
+    lo = torch.full((c,), math.inf, dtype=torch.float64, device=device)
+    hi = torch.full((c,), -math.inf, dtype=torch.float64, device=device)
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    for s, m in _cost_chunks(image_feats, text_feats, logit_scale):
+        Mt[:, s : s + m.shape[0]] = m.T
+        lo = torch.minimum(lo, m.amin(dim=0))
+        hi = torch.maximum(hi, m.amax(dim=0))
+        finite &= torch.isfinite(m).all()
+    if not bool(finite):
+        raise NlpError("PromptOT: the cost has NaN/inf entries; check the features for NaN/inf")
+    return Mt, lo, hi
 
 
 @dataclass
@@ -131,6 +207,10 @@ class SinkhornResult:
     log_domain: bool
     converged: bool
     fell_back: bool = False  # the scaling form broke down and the log domain took over
+    # Scaling form: the scalings of K = exp(−(M − column minimum)/reg) (plan = u_i K_ij v_j);
+    # log domain: the dual potentials f/reg, g/reg (plan = exp(−M_ij/reg + u_i + v_j)).
+    u: torch.Tensor | None = None
+    v: torch.Tensor | None = None
 
 
 def sinkhorn(
@@ -141,6 +221,7 @@ def sinkhorn(
     max_iter: int = 1000,
     stop_thr: float = 1e-6,
     log_domain: bool | None = None,
+    on_progress: Progress | None = None,
 ) -> SinkhornResult:
     """Entropic OT plan for cost M [..., N, C] and marginals a [N], b [C] (uniform by default).
 
@@ -149,7 +230,8 @@ def sinkhorn(
     dimension solves several problems at once. `log_domain=None` picks the log domain when
     exp(−M/reg) would underflow (`needs_log_domain`), and also when the scaling form meets a
     non-finite value on the way; `False` keeps the scaling form and, like POT, stops at the
-    last finite iterate.
+    last finite iterate. `on_progress(iteration, max_iter, error)` hears each error check (a
+    fallback to the log domain counts its iterations from 1 again).
     """
     if reg <= 0:
         raise ValueError("reg must be positive")
@@ -157,20 +239,35 @@ def sinkhorn(
         raise ValueError("max_iter must be at least 1")
     M = M.double()
     n, c = M.shape[-2], M.shape[-1]
-    a = torch.full((n,), 1.0 / n, dtype=M.dtype, device=M.device) if a is None else a.double()
-    b = torch.full((c,), 1.0 / c, dtype=M.dtype, device=M.device) if b is None else b.double()
+    a, b = _marginals(n, c, M.device, a, b)
     auto = log_domain is None
     if auto:
         log_domain = needs_log_domain(M, reg)
     fell_back = False
     if not log_domain:
-        plan, it, err, converged, finite = _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr)
+        Kt = _kernel_into(M.transpose(-1, -2).contiguous(), M.amin(dim=-2), reg)
+        u, v, it, err, converged, finite = _sinkhorn_scaling(
+            Kt, a, b, max_iter, stop_thr, on_progress
+        )
         if finite or not auto:
-            return SinkhornResult(plan, it, err, False, converged)
-        del plan
+            plan = Kt.mul_(v.unsqueeze(-1)).mul_(u.unsqueeze(-2)).transpose(-1, -2)
+            return SinkhornResult(plan, it, err, False, converged, u=u, v=v)
+        del Kt
         fell_back = True
-    plan, it, err, converged = _sinkhorn_log(M, a, b, reg, max_iter, stop_thr)
-    return SinkhornResult(plan, it, err, True, converged, fell_back)
+    # −M/reg, made once; it then becomes the plan in place (M's layout, [B, N, C]).
+    L = M.reshape(-1, n, c) / -reg
+    u, v, it, err, converged = _sinkhorn_log(
+        L.transpose(1, 2), a, b, max_iter, stop_thr, on_progress
+    )
+    plan = L.add_(u.unsqueeze(-1)).add_(v.unsqueeze(-2)).clamp_min_(_LOG_FLOOR).exp_()
+    u, v = u.reshape(M.shape[:-1]), v.reshape(M.shape[:-2] + (c,))
+    return SinkhornResult(plan.reshape(M.shape), it, err, True, converged, fell_back, u, v)
+
+
+def _marginals(n, c, device, a=None, b=None):
+    a = torch.full((n,), 1.0 / n, dtype=torch.float64, device=device) if a is None else a.double()
+    b = torch.full((c,), 1.0 / c, dtype=torch.float64, device=device) if b is None else b.double()
+    return a, b
 
 
 def cost_span(M: torch.Tensor, reg: float) -> float:
@@ -188,16 +285,21 @@ def needs_log_domain(M: torch.Tensor, reg: float) -> bool:
     return cost_span(M, reg) > LOG_DOMAIN_SPAN
 
 
-def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
+def _kernel_into(Mt: torch.Tensor, lo: torch.Tensor, reg: float) -> torch.Tensor:
+    """Mt [..., C, N] ← K = exp(−(M − column minimum lo)/reg), in place."""
     # Adding a constant to a column of M rescales v and leaves the plan, and every iterate
     # of u, unchanged (v is updated first); a zero minimum per column keeps exp(−M/reg) in
     # float64's range. Row shifts would be as harmless at convergence, but they change
     # where the (uniform) starting u sits, so unconverged plans would differ from POT's.
+    return Mt.sub_(lo.unsqueeze(-1)).div_(-reg).exp_()
+
+
+def _sinkhorn_scaling(Kt, a, b, max_iter, stop_thr, on_progress=None):
+    """POT's `sinkhorn_knopp` iterations on K stored as Kt = [..., C, N]: u, v and how it went."""
     # K is kept as [C, N]: both products then run over contiguous rows (3-4x faster on CPU).
-    Kt = M.transpose(-1, -2).contiguous()
-    Kt.sub_(M.amin(dim=-2).unsqueeze(-1)).div_(-reg).exp_()
-    u = torch.full(M.shape[:-1], 1.0 / M.shape[-2], dtype=M.dtype, device=M.device)
-    v = torch.full(M.shape[:-2] + M.shape[-1:], 1.0 / M.shape[-1], dtype=M.dtype, device=M.device)
+    n, c = Kt.shape[-1], Kt.shape[-2]
+    u = torch.full(Kt.shape[:-2] + (n,), 1.0 / n, dtype=Kt.dtype, device=Kt.device)
+    v = torch.full(Kt.shape[:-1], 1.0 / c, dtype=Kt.dtype, device=Kt.device)
     err, it, converged, finite = math.inf, 0, False, True
     for it in range(max_iter):  # noqa: B007 - the last index is reported
         u_prev, v_prev = u, v
@@ -209,15 +311,16 @@ def _sinkhorn_scaling(M, a, b, reg, max_iter, stop_thr):
             break
         if it % 10 == 0:
             err = float((v * _times(Kt, u) - b).norm(dim=-1).max())
+            if on_progress is not None:
+                on_progress(it + 1, max_iter, err)
             if err < stop_thr:
                 converged = True
                 break
-    plan = Kt.mul_(v.unsqueeze(-1)).mul_(u.unsqueeze(-2)).transpose(-1, -2)
-    return plan, it + 1, err, converged, finite
+    return u, v, it + 1, err, converged, finite
 
 
-# Entries of M per block in the log domain: a block of about 1 MiB stays in cache, so each
-# pass reads M once and no temporary of M's size is made.
+# Entries of the cost per block in the log domain: a block of about 1 MiB stays in cache, so
+# each pass reads the cost once and no temporary of its size is made.
 _BLOCK = 1 << 17
 # Log-plan entries below this are stored as exp(_LOG_FLOOR) ≈ 1e-304 rather than as 0 or a
 # subnormal number: they weigh nothing next to a row or column sum (≥ min(a)·min(b)), and
@@ -225,35 +328,38 @@ _BLOCK = 1 << 17
 _LOG_FLOOR = -700.0
 
 
-def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr):
-    """Sinkhorn on the dual potentials u = f/reg, v = g/reg: POT's `sinkhorn_log`.
+def _step(c: int) -> int:
+    """Samples per block of the cost, for C classes."""
+    return max(1, _BLOCK // c)
+
+
+def _sinkhorn_log(Lt, a, b, max_iter, stop_thr, on_progress=None):
+    """POT's `sinkhorn_log` on the dual potentials u = f/reg [B, N], v = g/reg [B, C], for
+    Lt = −Mᵀ/reg [B, C, N] (any strides); returns u, v and how it went.
 
     POT's updates are v = log b − logsumexp_i(−M/reg + u) and u = log a − logsumexp_j(−M/reg
     + v). The first iteration computes them so, with the maximum as the shift. From then on
     the current potentials are a better shift: −M/reg + u + v is the log of the current plan,
     whose entries are at most 1, and (for marginals of total mass 1) whose column sums after
     a u-update are at least min(a)·b_j and row sums after a v-update at least min(b)·a_i.
-    So an iteration is one exponential per entry of the plan P = exp(−M/reg + u + v), its
-    column sums s (v += log b/s) and one product P·(b/s) (the row sums r after that v-update:
-    u += log a/r), with no maximum pass and no over- or underflow that matters. A half-step
-    whose sums still come out zero or non-finite (zeros in a or b) is redone with the
+    So after v += log b/s (s the column sums of the plan) an iteration is one pass over the
+    cost, a block of samples at a time: one exponential per entry of E = exp(−M/reg + u + v),
+    E's row sums r (u += log a/r, rows are independent) and the column sums of the plan with
+    the new u, E·(a/r), for the next v-update and the stopping rule. No N × C buffer is made.
+    A half-step whose sums come out zero or non-finite (zeros in a or b) is redone with the
     max-shifted logsumexp.
-    Memory: the plan, one block of M at a time and vectors.
     """
-    shape = M.shape
-    n, c = shape[-2], shape[-1]
-    M3 = M.reshape(-1, n, c)
-    rows = max(1, _BLOCK // c)
+    step = _step(Lt.shape[-2])
     log_a, log_b = a.log(), b.log()
-    plan = torch.empty_like(M3)
-    u = torch.zeros(M3.shape[:2], dtype=M.dtype, device=M.device)
-    v = log_b - _lse_cols(M3, u, reg, rows)
-    u = log_a - _lse_rows(M3, v, reg, rows)
+    u = Lt.new_zeros(Lt.shape[0], Lt.shape[-1])
+    v = log_b - _lse_samples(Lt, u, step)
+    u, col, _ = _u_update(Lt, u, v, a, log_a, step, exact=True)
     it, err, converged = 1, math.inf, False
     while True:
-        col = _plan_into(plan, M3, u, v, reg, rows)
         if (it - 1) % 10 == 0:
             err = float((col - b).norm(dim=-1).max())
+            if on_progress is not None:
+                on_progress(it, max_iter, err)
             if err < stop_thr:
                 converged = True
                 break
@@ -262,14 +368,15 @@ def _sinkhorn_log(M, a, b, reg, max_iter, stop_thr):
         w = b / col
         if _positive_finite(w):
             v = v + w.log()
-            row = torch.bmm(plan, w.unsqueeze(-1)).squeeze(-1)
-            fit = a / row
-            u = u + fit.log() if _positive_finite(fit) else log_a - _lse_rows(M3, v, reg, rows)
+            new_u, new_col, ok = _u_update(Lt, u, v, a, log_a, step, exact=False)
+            if not ok:
+                new_u, new_col, _ = _u_update(Lt, u, v, a, log_a, step, exact=True)
         else:
-            v = log_b - _lse_cols(M3, u, reg, rows)
-            u = log_a - _lse_rows(M3, v, reg, rows)
+            v = log_b - _lse_samples(Lt, u, step)
+            new_u, new_col, _ = _u_update(Lt, u, v, a, log_a, step, exact=True)
+        u, col = new_u, new_col
         it += 1
-    return plan.reshape(shape), it, err, converged
+    return u, v, it, err, converged
 
 
 def _positive_finite(x: torch.Tensor) -> bool:
@@ -280,33 +387,41 @@ def _blocks(n: int, rows: int) -> range:
     return range(0, n, rows)
 
 
-def _plan_into(plan, M3, u, v, reg, rows):
-    """plan ← exp(max(−M/reg + u + v, _LOG_FLOOR)), block by block; its column sums [B, C]."""
+def _u_update(Lt, u, v, a, log_a, step, exact):
+    """u's half-step for v, block by block, and the column sums [B, C] of the plan after it;
+    with exact=False also whether every row sum came out positive and finite."""
+    new_u = torch.empty_like(u)
     col = torch.zeros_like(v)
-    for s in _blocks(M3.shape[1], rows):
-        block = plan[:, s : s + rows]
-        torch.div(M3[:, s : s + rows], -reg, out=block)
-        block.add_(u[:, s : s + rows, None]).add_(v[:, None, :]).clamp_min_(_LOG_FLOOR).exp_()
-        col += block.sum(dim=1)
-    return col
+    ok = torch.ones((), dtype=torch.bool, device=u.device)
+    for s in _blocks(Lt.shape[-1], step):
+        block = Lt[..., s : s + step]
+        if exact:
+            part = log_a[s : s + step] - torch.logsumexp(block + v.unsqueeze(-1), dim=1)
+            e = _log_plan(block, part, v)
+            col += e.sum(dim=2)
+        else:
+            e = _log_plan(block, u[:, s : s + step], v)
+            fit = a[s : s + step] / e.sum(dim=1)
+            ok &= torch.isfinite(fit).all() & (fit > 0).all()
+            part = u[:, s : s + step] + fit.log()
+            col += torch.bmm(e, fit.unsqueeze(-1)).squeeze(-1)
+        new_u[:, s : s + step] = part
+    return new_u, col, bool(ok)
 
 
-def _lse_cols(M3, u, reg, rows):
+def _lse_samples(Lt, u, step):
     """logsumexp over i of −M_ij/reg + u_i, [B, C]."""
-    out = M3.new_full((M3.shape[0], M3.shape[2]), -math.inf)
-    for s in _blocks(M3.shape[1], rows):
-        block = (M3[:, s : s + rows] / -reg).add_(u[:, s : s + rows, None])
-        out = torch.logaddexp(out, torch.logsumexp(block, dim=1))
+    out = Lt.new_full(Lt.shape[:2], -math.inf)
+    for s in _blocks(Lt.shape[-1], step):
+        block = Lt[..., s : s + step] + u[:, None, s : s + step]
+        out = torch.logaddexp(out, torch.logsumexp(block, dim=2))
     return out
 
 
-def _lse_rows(M3, v, reg, rows):
-    """logsumexp over j of −M_ij/reg + v_j, [B, N]."""
-    out = M3.new_empty(M3.shape[:2])
-    for s in _blocks(M3.shape[1], rows):
-        block = (M3[:, s : s + rows] / -reg).add_(v[:, None, :])
-        out[:, s : s + rows] = torch.logsumexp(block, dim=2)
-    return out
+def _log_plan(Lt_block, u_block, v):
+    """exp(max(−M/reg + u + v, _LOG_FLOOR)) for a block [..., C, k] of Lt = −Mᵀ/reg."""
+    block = (Lt_block + u_block.unsqueeze(-2)).add_(v.unsqueeze(-1))
+    return block.clamp_min_(_LOG_FLOOR).exp_()
 
 
 def _times(Kt: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -329,7 +444,7 @@ def _pot_plan(M: torch.Tensor, reg: float, max_iter: int, stop_thr: float, metho
     n, c = M.shape
     a, b = ot.unif(n), ot.unif(c)
     if method == "sinkhorn":
-        # The column shift that keeps our scaling form in range (see _sinkhorn_scaling):
+        # The column shift that keeps our scaling form in range (see _kernel_into):
         # plain `ot.sinkhorn` on the raw cost underflows for reg below about 0.0065.
         M = M - M.amin(dim=0, keepdim=True)
     with warnings.catch_warnings(record=True) as caught:
@@ -350,22 +465,64 @@ def _verdict(coupling_or_probs: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     return pseudo.long(), pseudo == labels.long(), scores.float()
 
 
-def check_plan(plan: torch.Tensor, reg: float, solver: str) -> None:
-    """NlpError unless every entry of the plan is finite and every row carries mass."""
+@dataclass
+class _PlanRows:
+    """What a partition needs from each row of a plan, gathered block by block."""
+
+    pseudo: torch.Tensor  # int64 [N]: row argmax
+    total: torch.Tensor  # float64 [N]: row sum
+    own: torch.Tensor  # float64 [N]: the entry at the given label
+    rest: torch.Tensor | None  # float64 [N]: the row's mass off its argmax (for a budget)
+    bad: int  # NaN/inf entries
+
+
+def _plan_rows(blocks, labels: torch.Tensor, n: int, want_rest: bool) -> _PlanRows:
+    """Row statistics of a plan given as (start, block [C, k]) pairs that cover its N rows."""
+    labels = labels.long()
+    device = labels.device
+    pseudo = torch.empty(n, dtype=torch.int64, device=device)
+    total = torch.empty(n, dtype=torch.float64, device=device)
+    own = torch.empty(n, dtype=torch.float64, device=device)
+    rest = torch.empty(n, dtype=torch.float64, device=device) if want_rest else None
+    bad = torch.zeros((), dtype=torch.int64, device=device)
+    for s, p in blocks:
+        e = s + p.shape[1]
+        top = p.argmax(dim=0)
+        pseudo[s:e] = top
+        total[s:e] = p.sum(dim=0)
+        own[s:e] = p.gather(0, labels[None, s:e]).squeeze(0)
+        if rest is not None:
+            rest[s:e] = p.scatter(0, top.unsqueeze(0), 0.0).sum(dim=0)
+        bad += (~torch.isfinite(p)).sum()
+    return _PlanRows(pseudo, total, own, rest, int(bad))
+
+
+def _column_blocks(Pt: torch.Tensor):
+    """(start, block) pairs over the columns of Pt = [C, N], a plan stored transposed."""
+    step = _step(Pt.shape[0])
+    return ((s, Pt[:, s : s + step]) for s in _blocks(Pt.shape[1], step))
+
+
+def _plan_errors(bad: int, empty: int, n: int, reg: float, solver: str) -> None:
     hint = "hint: leave log_domain unset so that the log-domain solver takes over, or raise --reg"
-    bad = int((~torch.isfinite(plan)).sum())
     if bad:
         raise NlpError(
             f"PromptOT at reg={reg:g} ({solver}): the transport plan has {bad} NaN/inf "
             f"entries, so it cannot give a partition; {hint}"
         )
-    empty = int((plan.sum(dim=-1) <= 0).sum())
     if empty:
         raise NlpError(
-            f"PromptOT at reg={reg:g} ({solver}): {empty} of {plan.shape[0]} rows of the "
+            f"PromptOT at reg={reg:g} ({solver}): {empty} of {n} rows of the "
             f"transport plan are zero (exp(−M/reg) underflowed), so their pseudo-labels "
             f"would be arbitrary; {hint}"
         )
+
+
+def check_plan(plan: torch.Tensor, reg: float, solver: str) -> None:
+    """NlpError unless every entry of the plan is finite and every row carries mass."""
+    bad = int((~torch.isfinite(plan)).sum())
+    empty = int((plan.sum(dim=-1) <= 0).sum())
+    _plan_errors(bad, empty, plan.shape[0], reg, solver)
 
 
 def budget_mask(coupling: torch.Tensor, budget: float) -> torch.Tensor:
@@ -386,12 +543,16 @@ def budget_mask(coupling: torch.Tensor, budget: float) -> torch.Tensor:
     by rounding noise. Exact ties keep the earlier row. The reference caps the budget at the
     float sum of a, which can fall a rounding error short of 1; here budget 1 keeps every row.
     """
-    n = coupling.shape[0]
-    k = int(n * min(float(budget), 1.0))
     top = coupling.argmax(dim=1, keepdim=True)
-    rest = coupling.scatter(1, top, 0.0).sum(dim=1)
+    return _budget_rows(coupling.scatter(1, top, 0.0).sum(dim=1), budget)
+
+
+def _budget_rows(rest: torch.Tensor, budget: float) -> torch.Tensor:
+    """The int(N·budget) rows with the least mass `rest` off their argmax (see budget_mask)."""
+    n = rest.shape[0]
+    k = int(n * min(float(budget), 1.0))
     order = torch.argsort(rest, stable=True)
-    mask = torch.zeros(n, dtype=torch.bool, device=coupling.device)
+    mask = torch.zeros(n, dtype=torch.bool, device=rest.device)
     mask[order[:k]] = True
     return mask
 
@@ -419,6 +580,69 @@ def curriculum_budget(epoch: int, epochs: int, begin: float = 0.3, mode: str = "
     return begin + ratio * (1.0 - begin)
 
 
+@dataclass
+class _Solved:
+    """PromptOT's Sinkhorn without its plan: the stored [C, N] buffer (K for the scaling form,
+    −M/reg for the log domain) and the scalings or potentials that make the plan from it."""
+
+    buffer: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+    iterations: int
+    error: float
+    log_domain: bool
+    converged: bool
+    fell_back: bool
+
+    def blocks(self):
+        """(start, plan block [C, k]) pairs, the same entries as `plan_into_buffer` gives."""
+        for s, blk in _column_blocks(self.buffer):
+            u = self.u[s : s + blk.shape[1]]
+            if self.log_domain:
+                yield s, _log_plan(blk, u, self.v)
+            else:
+                yield s, (blk * self.v.unsqueeze(-1)).mul_(u)
+
+    def plan_into_buffer(self) -> torch.Tensor:
+        """The plan [N, C] (a transposed view), made in place of the buffer."""
+        if self.log_domain:
+            self.buffer.add_(self.u).add_(self.v.unsqueeze(-1)).clamp_min_(_LOG_FLOOR).exp_()
+        else:
+            self.buffer.mul_(self.v.unsqueeze(-1)).mul_(self.u)
+        return self.buffer.T
+
+
+def _promptot_solve(
+    image_feats, text_feats, logit_scale, reg, max_iter, stop_thr, log_domain, on_progress=None
+) -> tuple[_Solved, float]:
+    """`sinkhorn`'s iterations and solver choice on PromptOT's cost, formed from the features in
+    chunks into one [C, N] float64 buffer; no N × C plan is made. Also the cost span / reg.
+
+    A fall-back from a broken-down scaling form forms the cost again, as K replaced it.
+    """
+    Mt, lo, hi = _cost_t(image_feats, text_feats, logit_scale)
+    span = float((hi - lo).amax()) / reg
+    n, c = Mt.shape[1], Mt.shape[0]
+    a, b = _marginals(n, c, Mt.device)
+    auto = log_domain is None
+    use_log = span > LOG_DOMAIN_SPAN if auto else bool(log_domain)
+    fell_back = False
+    if not use_log:
+        Kt = _kernel_into(Mt, lo, reg)
+        del Mt
+        u, v, it, err, converged, finite = _sinkhorn_scaling(
+            Kt, a, b, max_iter, stop_thr, on_progress
+        )
+        if finite or not auto:
+            return _Solved(Kt, u, v, it, err, False, converged, False), span
+        del Kt
+        Mt, _, _ = _cost_t(image_feats, text_feats, logit_scale)
+        fell_back = True
+    Lt = Mt.div_(-reg)
+    u, v, it, err, converged = _sinkhorn_log(Lt.unsqueeze(0), a, b, max_iter, stop_thr, on_progress)
+    return _Solved(Lt, u[0], v[0], it, err, True, converged, fell_back), span
+
+
 @register(
     "ot", reg=0.01, max_iter=1000, stop_thr=1e-6, solver="torch", log_domain=None, budget=None
 )
@@ -434,13 +658,17 @@ def promptot(
     log_domain: bool | None = None,
     budget: float | None = None,
     keep_coupling: bool = False,
+    on_progress: Progress | None = None,
 ) -> PartitionResult:
     """PromptOT: optimal transport from images to text prototypes; clean ⇔ plan argmax = label.
 
-    Features are raw (normalised here). The score of a sample is the share of its row of the
-    plan that goes to its given label. `solver="pot"` runs POT's `sinkhorn_log` where ours
-    would run in the log domain, else its `sinkhorn`. `budget` (0 < budget ≤ 1, default off)
-    is NLPrompt's curriculum: only the `budget_mask` rows can be clean.
+    Features are raw (normalised here) and may be float16, 32 or 64. The score of a sample is
+    the share of its row of the plan that goes to its given label. `solver="pot"` runs POT's
+    `sinkhorn_log` where ours would run in the log domain, else its `sinkhorn`. `budget`
+    (0 < budget ≤ 1, default off) is NLPrompt's curriculum: only the `budget_mask` rows can be
+    clean. Memory with the torch solver: one N × C float64 buffer (the cost, or K) and blocks;
+    the plan is made only with `keep_coupling`, in that buffer. POT needs several N × C arrays.
+    `on_progress` follows the torch solver's iterations (POT's loop reports nothing).
     """
     if solver not in SOLVERS:
         raise UsageError(f"unknown OT solver {solver!r}: choose from {', '.join(SOLVERS)}")
@@ -448,34 +676,40 @@ def promptot(
         raise UsageError(f"--reg must be positive, got {reg:g}")
     if budget is not None and not 0 < budget <= 1:
         raise UsageError(f"the curriculum budget must lie in (0, 1], got {budget:g}")
-    M = promptot_cost(image_feats, text_feats, logit_scale)
-    if not bool(torch.isfinite(M).all()):
-        raise NlpError("PromptOT: the cost has NaN/inf entries; check the features for NaN/inf")
-    span = cost_span(M, reg)
-    info: dict[str, Any] = {"solver": solver, "cost_span": span}
+    n = image_feats.shape[0]
+    want_rest = budget is not None
+    plan = None
     if solver == "pot":
+        Mt, lo, hi = _cost_t(image_feats, text_feats, logit_scale)
+        span = float((hi - lo).amax()) / reg
         use_log = span > LOG_DOMAIN_SPAN if log_domain is None else bool(log_domain)
         method = "sinkhorn_log" if use_log else "sinkhorn"
-        plan, iterations, error, finite = _pot_plan(M, reg, max_iter, stop_thr, method)
+        plan, iterations, error, finite = _pot_plan(Mt.T, reg, max_iter, stop_thr, method)
         fell_back = log_domain is None and not finite and not use_log
         if fell_back:
             use_log, method = True, "sinkhorn_log"
-            plan, iterations, error, finite = _pot_plan(M, reg, max_iter, stop_thr, method)
+            plan, iterations, error, finite = _pot_plan(Mt.T, reg, max_iter, stop_thr, method)
+        del Mt
         converged = error < stop_thr
-        info["pot_method"] = method
+        rows = _plan_rows(_column_blocks(plan.T), labels, n, want_rest)
+        where = method
     else:
-        res = sinkhorn(M, reg=reg, max_iter=max_iter, stop_thr=stop_thr, log_domain=log_domain)
-        plan, iterations, error, use_log, converged, fell_back = (
-            res.coupling,
-            res.iterations,
-            res.error,
-            res.log_domain,
-            res.converged,
-            res.fell_back,
+        sol, span = _promptot_solve(
+            image_feats, text_feats, logit_scale, reg, max_iter, stop_thr, log_domain, on_progress
         )
-    del M
-    check_plan(plan, reg, info.get("pot_method", solver))
-    pseudo, clean, scores = _verdict(plan, labels)
+        iterations, error, use_log = sol.iterations, sol.error, sol.log_domain
+        converged, fell_back = sol.converged, sol.fell_back
+        rows = _plan_rows(sol.blocks(), labels, n, want_rest)
+        where = solver
+    _plan_errors(rows.bad, int((rows.total <= 0).sum()), n, reg, where)
+    if keep_coupling and plan is None:
+        plan = sol.plan_into_buffer()
+    pseudo = rows.pseudo
+    clean = pseudo == labels.long()
+    scores = (rows.own / rows.total.clamp_min(torch.finfo(torch.float64).tiny)).float()
+    info: dict[str, Any] = {"solver": solver, "cost_span": span}
+    if solver == "pot":
+        info["pot_method"] = method
     info.update(
         log_domain=use_log,
         log_domain_fallback=fell_back,
@@ -484,7 +718,7 @@ def promptot(
         converged=converged,
     )
     if budget is not None:
-        selected = budget_mask(plan, budget)
+        selected = _budget_rows(rows.rest, budget)
         clean = clean & selected
         info.update(budget=float(budget), selected=int(selected.sum()))
     return PartitionResult(clean, pseudo, scores, plan if keep_coupling else None, info)

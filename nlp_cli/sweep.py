@@ -75,8 +75,12 @@ class Grid:
     embed: dict[str, Any] = field(default_factory=dict)
     shots: int | None = None
     metric: str = "last5"
-    # the paper's numbers to print beside ours: method → {(noise, rate): percent}
+    # the paper's numbers to print beside ours: method → {(noise, rate): percent} for the last
+    # table (the average over datasets, or the only one), and dataset → the same per dataset
     paper: dict[str, dict[tuple[str, float], float]] = field(default_factory=dict)
+    paper_datasets: dict[str, dict[str, dict[tuple[str, float], float]]] = field(
+        default_factory=dict
+    )
     zero_shot: bool = True
     untrained: bool = True
     out: Path | None = None
@@ -182,6 +186,7 @@ def load_grid(path: Path) -> Grid:
         "name",
         "datasets",
         "model",
+        "pretrained",
         "noise",
         "methods",
         "seeds",
@@ -223,11 +228,28 @@ def load_grid(path: Path) -> Grid:
     for k in embed:
         if k not in fields:
             raise UsageError(f"{path}: embed: unknown key {k!r}{did_you_mean(str(k), fields)}")
+    model = str(raw["model"])
+    if raw.get("pretrained") is not None:
+        from nlp_cli import clip_model
+
+        try:
+            model = clip_model.model_ref(model, str(raw["pretrained"]))
+        except UsageError as e:
+            raise UsageError(f"{path}: pretrained: {e}") from None
+    datasets = [str(d) for d in _as_list(raw["datasets"])]
+    noise = [_noise(n) for n in _as_list(raw.get("noise", ["none"]))]
+    paper, paper_datasets = _paper(
+        raw.get("paper"),
+        [m.name for m in methods],
+        [dataset_name(d) for d in datasets],
+        [(n.type, n.rate) for n in noise],
+        f"{path}: paper",
+    )
     return Grid(
         name=str(raw.get("name", Path(path).stem)),
-        datasets=[str(d) for d in _as_list(raw["datasets"])],
-        model=str(raw["model"]),
-        noise=[_noise(n) for n in _as_list(raw.get("noise", ["none"]))],
+        datasets=datasets,
+        model=model,
+        noise=noise,
         methods=methods,
         seeds=[int(s) for s in seeds],
         train=dict(raw.get("train") or {}),
@@ -236,36 +258,75 @@ def load_grid(path: Path) -> Grid:
         metric=metric,
         zero_shot=bool(raw.get("zero_shot", True)),
         untrained=bool(raw.get("untrained", True)),
-        paper=_paper(raw.get("paper"), [m.name for m in methods], f"{path}: paper"),
+        paper=paper,
+        paper_datasets=paper_datasets,
         out=Path(raw["out"]) if raw.get("out") else None,
     )
 
 
-def _paper(raw: Any, methods: list[str], what: str) -> dict[str, dict[tuple[str, float], float]]:
-    """`paper: {METHOD: {"sym 0.8": 74.22, …}}` → {method: {("sym", 0.8): 74.22}}, checked."""
+Numbers = dict[str, dict[tuple[str, float], float]]
+
+
+def _paper(
+    raw: Any,
+    methods: list[str],
+    datasets: list[str],
+    settings: list[tuple[str, float]],
+    what: str,
+) -> tuple[Numbers, dict[str, Numbers]]:
+    """`paper: {METHOD: {"sym 0.8": 74.22, DATASET: {"sym 0.8": 90.1}, …}}` → (method →
+    {("sym", 0.8): 74.22} for the last table, dataset → method → {…}), checked against the
+    grid's methods, datasets and noise settings."""
     if raw is None:
-        return {}
+        return {}, {}
     if not isinstance(raw, dict):
         raise UsageError(f"{what} must map method names to {{'sym 0.8': percent, …}}")
     known = [*methods, "Zero-shot CLIP", "Untrained context"]
-    out: dict[str, dict[tuple[str, float], float]] = {}
+    out: Numbers = {}
+    per_dataset: dict[str, Numbers] = {}
     for method, cells in raw.items():
         if method not in known:
             raise UsageError(f"{what}: unknown method {method!r}{did_you_mean(str(method), known)}")
         if not isinstance(cells, dict):
             raise UsageError(f"{what}: {method}: expected {{'sym 0.8': percent, …}}")
-        for setting, value in cells.items():
-            kind, _, rate = str(setting).partition(" ")
-            try:
-                key = (kind, float(rate or 0.0))
-                number = float(value)
-            except (TypeError, ValueError):
-                raise UsageError(
-                    f"{what}: {method}: {setting!r}: {value!r} is not a percent"
-                ) from None
-            if kind not in NOISE_TYPES:
-                raise UsageError(f"{what}: {method}: noise type {kind!r} unknown")
-            out.setdefault(str(method), {})[key] = number
+        for key, value in cells.items():
+            if isinstance(value, dict):
+                if key not in datasets:
+                    raise UsageError(
+                        f"{what}: {method}: {key!r} is no dataset of the grid"
+                        f"{did_you_mean(str(key), datasets)}"
+                    )
+                numbers = _paper_cells(value, settings, f"{what}: {method}: {key}")
+                per_dataset.setdefault(str(key), {})[str(method)] = numbers
+            else:
+                cell = _paper_cells({key: value}, settings, f"{what}: {method}")
+                out.setdefault(str(method), {}).update(cell)
+    return out, per_dataset
+
+
+def _paper_cells(
+    cells: dict, settings: list[tuple[str, float]], what: str
+) -> dict[tuple[str, float], float]:
+    """{"sym 0.8": 74.22, …} → {("sym", 0.8): 74.22}; each setting must be one of the grid's."""
+    from nlp_cli.tables import setting_label
+
+    out = {}
+    for setting, value in cells.items():
+        kind, _, rate = str(setting).partition(" ")
+        try:
+            key = (kind, float(rate or 0.0))
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{what}: {setting!r}: {value!r} is not a percent") from None
+        if kind not in NOISE_TYPES:
+            raise UsageError(f"{what}: noise type {kind!r} unknown")
+        if key not in settings:
+            grid = [f"{t} {r:g}" for t, r in settings]
+            raise UsageError(
+                f"{what}: {setting!r} ({setting_label(*key)}) is not a noise setting of the "
+                f"grid{did_you_mean(str(setting), grid)}"
+            )
+        out[key] = number
     return out
 
 
@@ -307,7 +368,20 @@ def _as_list(x: Any) -> list:
 
 
 class Stages:
-    """The stages a sweep runs: the library's (tests substitute recording stand-ins)."""
+    """The stages a sweep runs: the library's (tests substitute recording stand-ins).
+
+    `on_step` and `on_checkpoint` go to every `train_prompts` (the front end's progress of the
+    training steps and its test hook)."""
+
+    on_step: Callable[[int, int, int, int], None] | None = None
+    on_checkpoint: Callable[[], None] | None = None
+
+    def __init__(
+        self,
+        on_step: Callable[[int, int, int, int], None] | None = None,
+        on_checkpoint: Callable[[], None] | None = None,
+    ) -> None:
+        self.on_step, self.on_checkpoint = on_step, on_checkpoint
 
     def download(self, dataset: str) -> Any:
         from nlp_cli import stages
@@ -332,7 +406,9 @@ class Stages:
     def train_prompts(self, inputs: list[Path], opts: Any) -> Any:
         from nlp_cli import stages
 
-        return stages.train_prompts(inputs, opts)
+        return stages.train_prompts(
+            inputs, opts, on_step=self.on_step, on_checkpoint=self.on_checkpoint
+        )
 
     def evaluate(
         self, prompt: Path | None, features: Path | None, device: str, untrained: int | None = None
@@ -459,6 +535,8 @@ def train_together(
 ) -> None:
     """One zipped `train_prompts` per group of jobs on one dataset with the same training
     options: their prompts go through the text encoder together, each equal to its cell alone."""
+    from nlp_cli.stages.train import split_knobs
+
     groups: dict[tuple, list[tuple[Cell, Path, Path]]] = {}
     for cell, train_input, prompt in jobs:
         options = {**grid.train, **dict(cell.method.train)}
@@ -469,7 +547,10 @@ def train_together(
         opts.losses = [cell.method.loss for cell, _, _ in group]
         opts.seeds = [cell.seed for cell, _, _ in group]
         opts.outs = [prompt for _, _, prompt in group]
-        opts.loss_knobs = {}
+        # Each loss's own knobs (`train: {knob: [gce.q=0.5]}`) for the losses of this group.
+        settings = {**grid.train, **dict(group[0][0].method.train)}
+        _, per_loss = split_knobs([str(k) for k in _as_list(settings.get("knob", []))])
+        opts.loss_knobs = {k: v for k, v in per_loss.items() if k in set(opts.losses)}
         opts.zip = True
         stages.train_prompts([train_input for _, train_input, _ in group], opts)
 
@@ -500,7 +581,9 @@ def run_sweep(
     """Run this rank's share of the grid's unfinished cells and collect every finished cell.
 
     With `batch`, this rank's cells that share a dataset and training options train together
-    (different losses, seeds, label sets): one text-encoder pass per step.
+    (different losses, seeds, label sets): one text-encoder pass per step. `progress(cell,
+    state)` hears each cell as "cached", as "running" when its training starts, and as "done"
+    once its metrics are written.
     """
     stages = stages or Stages()
     folder = grid.folder()
@@ -532,6 +615,8 @@ def run_sweep(
             opts = train_options(grid, cell, prompt, device)
             stages.train_prompts([train_input], opts)
         finish_cell(grid, cell, feats[cell.dataset], prompt, stages, device)
+        if progress:
+            progress(cell, "done")
     if world > 1:
         _barrier()
         if rank != 0:
@@ -598,13 +683,17 @@ def write_tables(result: SweepResult, grid: Grid, plot: bool = True) -> dict[str
         "results": result.folder / "results.json",
     }
     text = tables.markdown(built)
-    if grid.paper:
-        rows = paper_rows(built[-1], grid.paper)
-        text += (
-            f"\n**{built[-1].title}: the paper's numbers beside ours**\n\n"
-            "| Method | Setting | Paper | Ours | Ours − paper |\n|---|---|---:|---:|---:|\n"
-            + "".join("| " + " | ".join(r) + " |\n" for r in rows)
-        )
+    for table in built:
+        numbers = dict(grid.paper) if table is built[-1] else {}
+        for method, cells in grid.paper_datasets.get(table.title, {}).items():
+            numbers[method] = {**numbers.get(method, {}), **cells}
+        if numbers:
+            rows = paper_rows(table, numbers)
+            text += (
+                f"\n**{table.title}: the paper's numbers beside ours**\n\n"
+                "| Method | Setting | Paper | Ours | Ours − paper |\n|---|---|---:|---:|---:|\n"
+                + "".join("| " + " | ".join(r) + " |\n" for r in rows)
+            )
     artifacts.atomic_write_text(out["markdown"], text)
     artifacts.atomic_write_text(out["csv"], tables.to_csv(built))
     artifacts.atomic_write_text(

@@ -30,13 +30,21 @@ from nlp_cli.checkpoints import (  # noqa: F401  (re-exported: the old home of t
 from nlp_cli.data import TrainData, load_data  # noqa: F401  (re-exported)
 from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
 from nlp_cli.methods import epoch_seed
-from nlp_cli.prompt import POSITIONS, PromptLearner, text_features_many
+from nlp_cli.prompt import (
+    POSITIONS,
+    PromptLearner,
+    encode_packed,
+    pack_plans,
+    plan_prompts,
+    text_features_many,
+)
 
 TARGETS = ("labels", "zero-shot")
 REPURIFY = ("none", "epoch")
 AUGMENT = ("views", "online", "none")
 LOADERS = ("mixed", "separate")
 METHODS = ("standard", "joapr")  # the values of --method (nlprompt follows from --loss nlprompt)
+COMPILE = ("auto", "on", "off")
 
 
 @dataclass
@@ -61,6 +69,9 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # resolved by make_config: cuda when present, else cpu
     precision: str | None = None  # fp32, fp16, bf16 or amp; None: fp16 on CUDA, fp32 on CPU
+    # The step's text encoder through torch.compile: on, off, or auto (compiles_step: on CUDA
+    # only). How the step runs, not what it computes: not part of a run's cache key.
+    compile: str = "auto"
     n_ctx: int = 16
     ctx_init: str | None = None
     csc: bool = False
@@ -116,7 +127,7 @@ class TrainConfig:
 
     def options(self) -> dict[str, Any]:
         """The settings that define the run (a method's own only when it is the method)."""
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "knobs"}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("knobs", "compile")}
         # Knobs are recorded by name, each registered one present (None = the loss's default).
         out.update({k: self.knobs.get(k) for k in losses.knob_names()})
         if self.method == "standard":
@@ -188,6 +199,11 @@ class TrainConfig:
             raise UsageError(f"--loaders must be one of {', '.join(LOADERS)}")
         if self.loaders == "separate" and self.loss != "nlprompt":
             raise UsageError("--loaders separate only applies to --loss nlprompt")
+        if self.compile not in COMPILE:
+            hint = did_you_mean(str(self.compile), list(COMPILE))
+            raise UsageError(
+                f"unknown --compile {self.compile!r}{hint}: choose from {', '.join(COMPILE)}"
+            )
         if self.method not in METHODS:
             raise UsageError(
                 f"unknown method {self.method!r}{did_you_mean(self.method, list(METHODS))}: "
@@ -279,6 +295,8 @@ def make_config(protocol: str | None = None, **options: Any) -> TrainConfig:
     base.update({k: v for k, v in options.items() if v is not None})
     base["device"] = clip_model.resolve_device(base.get("device", "auto"))
     base["precision"] = clip_model.resolve_precision(base.get("precision"), base["device"])
+    if isinstance(base.get("compile"), bool):  # YAML reads a bare on / off as true / false
+        base["compile"] = "on" if base["compile"] else "off"
     config = TrainConfig(**base, knobs=knobs)
     config.validate()
     return config
@@ -343,12 +361,113 @@ def train_prompt(
 BATCHED_ALIKE = (
     "device",
     "precision",
+    "compile",
     "n_ctx",
     "ctx_init",
     "csc",
     "class_token_position",
     "class_chunk",
 )
+
+
+# `--compile auto` on CPU (benchmarks/bench_compile.py, benchmarks/README.md): with a ViT-B/16
+# text tower (width 512) the compiled step was 1.17x (C = 10) and 1.87x (C = 100) faster, after
+# 71-257 s of compiling, repaid after about 150-250 steps; with the offline world's tiny tower
+# it was slower end to end even with a warm compile cache. Thresholds with a margin for a cold
+# cache and a loaded machine:
+CPU_COMPILE_WIDTH = 512
+CPU_COMPILE_STEPS = 1000
+
+
+def compiles_step(setting: str, device: str | torch.device, width: int = 0, steps: int = 0) -> bool:
+    """Whether `--compile SETTING` runs the step's text encoder compiled on `device`, for a
+    text tower of `width` and a run of `steps` steps.
+
+    auto: compiled on CUDA (mode reduce-overhead: CUDA graphs take the launch of its many small
+    kernels off the host; by design, not yet measured); on CPU only for a tower of at least
+    CPU_COMPILE_WIDTH over at least CPU_COMPILE_STEPS steps, where compiling was measured to
+    pay for itself; eager otherwise.
+    """
+    if setting == "auto":
+        if torch.device(device).type == "cuda":
+            return True
+        return width >= CPU_COMPILE_WIDTH and steps >= CPU_COMPILE_STEPS
+    return setting == "on"
+
+
+class StepEncoder:
+    """The training step's text-encoder pass (prompt.text_features_many), eager or compiled.
+
+    Compiled, each new packing (a new number of runs stepping together; under `class_chunk`,
+    each chunk's) is first tried on a detached copy of the prompts, forward and backward, so
+    that a compiler that is missing or fails on an op is found before the step's losses are
+    formed; then, and on any later failure of the compiled pass, the encoder runs eager from
+    there on (the same function) and `on_warning` hears it once. `mode` is torch.compile's:
+    reduce-overhead on CUDA, its default elsewhere.
+    """
+
+    def __init__(
+        self,
+        compiled: bool,
+        device: str | torch.device,
+        on_warning: Callable[[str], None] | None = None,
+        class_chunk: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.on_warning = on_warning
+        self.class_chunk = class_chunk
+        self.core: Callable[..., torch.Tensor] | None = None
+        self.tried: set[tuple[int, int]] = set()
+        self.failure: str | None = None
+        if compiled:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            try:
+                self.core = torch.compile(encode_packed, mode=mode, dynamic=False)
+            except Exception as e:  # any failure of the compiler means eager
+                self._fall_back(e)
+
+    @property
+    def compiled(self) -> bool:
+        return self.core is not None
+
+    def describe(self) -> str:
+        """compiled, eager, or why the compiled encoder was given up."""
+        if self.failure is not None:
+            return f"eager (torch.compile failed: {self.failure})"
+        return "compiled" if self.compiled else "eager"
+
+    def _fall_back(self, error: BaseException) -> None:
+        self.core = None
+        first = (str(error).strip().splitlines() or [""])[0][:160]
+        self.failure = f"{type(error).__name__}: {first}" if first else type(error).__name__
+        if self.on_warning is not None:
+            self.on_warning(f"{self.describe()}; the step runs eager, with the same results")
+
+    def __call__(self, model: Any, learners: list[PromptLearner]) -> torch.Tensor:
+        # A text tower without the fast encoder (clip_model.fast_text) runs its plain path.
+        if self.core is not None and clip_model.fast_text(model):
+            try:
+                key = (len(learners), learners[0].n_cls)
+                if key not in self.tried:
+                    self._probe(model, learners)
+                    self.tried.add(key)
+                if self.device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()
+                return text_features_many(model, learners, self.class_chunk, core=self.core)
+            except Exception as e:
+                self._fall_back(e)
+        return text_features_many(model, learners, self.class_chunk)
+
+    def _probe(self, model: Any, learners: list[PromptLearner]) -> None:
+        # Each chunk's plan (--class-chunk) is a packing of its own shapes: each is tried.
+        for plan in pack_plans(learners[0], len(learners), self.class_chunk):
+            with torch.no_grad():
+                prompts = plan_prompts(learners, plan)
+            prompts.requires_grad_(True)
+            if self.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()
+            out = self.core(model, prompts, plan)
+            out.float().sum().backward()
 
 
 class RunState:
@@ -577,6 +696,8 @@ def train_many(
     inspect: Callable[[int, int, PromptLearner], None] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
     on_start: Callable[[], None] | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> list[TrainResult]:
     """Train R prompts over the same features at once; result r equals train_prompt's for run r.
 
@@ -586,13 +707,20 @@ def train_many(
     (prompt.text_features_many) and backpropagates the sum of their losses: run r's ctx gets
     run r's gradient alone. `on_epoch(r, record)` and `inspect(r, epoch, learner)` are called
     as run r finishes an epoch, `on_checkpoint()` after its checkpoint is written, `on_start()`
-    once every run is set up (inputs checked), before the first epoch.
+    once every run is set up (inputs checked), before the first epoch, and `on_step(epoch,
+    step, steps)` after each optimiser step (`step` of the epoch's `steps`, both counted from 1;
+    `epoch` from 0). It hears plain integers: nothing is read back from the device for it.
+    `on_warning(line)` hears that the compiled step fell back to eager (`--compile`), once.
     """
     runs, model, scale, test_x, test_y = _setup(
         datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys
     )
     device, precision = configs[0].device, configs[0].precision
     chunk = configs[0].class_chunk
+    width = int(model.ln_final.weight.shape[0])
+    steps = max(r.steps * (r.config.epochs - r.start) for r in runs)
+    compiled = compiles_step(configs[0].compile, device, width, steps)
+    encode = StepEncoder(compiled, device, on_warning, chunk)
     if on_start is not None:
         on_start()
     checkpoints = list(checkpoints or [None] * len(runs))
@@ -605,10 +733,11 @@ def train_many(
         for name in dict.fromkeys(r.config.effective_method for r in active):
             same = [r for r in active if r.config.effective_method == name]
             same[0].method.before_epoch(model, same, epoch, scale)
-        for step in range(max((r.steps for r in active), default=0)):
+        steps = max((r.steps for r in active), default=0)
+        for step in range(steps):
             stepping = [r for r in active if step < r.steps]
             with clip_model.autocast(device, precision):
-                texts = text_features_many(model, [r.learner for r in stepping], chunk)
+                texts = encode(model, [r.learner for r in stepping])
                 parts = [r.batch_loss(step, t) for r, t in zip(stepping, texts, strict=True)]
             total = sum(r.scaler.scale(p) for r, p in zip(stepping, parts, strict=True))
             for r in stepping:
@@ -617,6 +746,8 @@ def train_many(
             for r in stepping:
                 r.scaler.step(r.optim)
                 r.scaler.update()
+            if on_step is not None:
+                on_step(epoch, step + 1, steps)
         accs = accuracies(model, [r.learner for r in active], test_x, test_y, chunk)
         for r, acc in zip(active, accs, strict=True):
             record = r.end_epoch(epoch, acc)
@@ -637,7 +768,10 @@ def train_many(
                 on_epoch(i, record)
             if inspect is not None:
                 inspect(i, epoch + 1, r.learner)
-    return [r.result() for r in runs]
+    results = [r.result() for r in runs]
+    for result in results:
+        result.info["step"] = encode.describe()
+    return results
 
 
 def _setup(datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys):

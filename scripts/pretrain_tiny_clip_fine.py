@@ -207,6 +207,22 @@ def zero_shot(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[float,
     return acc, untrained
 
 
+@torch.no_grad()
+def separability(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Nearest-class-mean accuracy of the image features on colour and on shape (half/half)."""
+    was = model.training
+    model.eval()
+    feats = F.normalize(model.encode_image(images).float(), dim=-1)
+    model.train(was)
+    fit = torch.arange(len(labels)) % 2 == 0
+    out = []
+    for y in (labels % len(shapes.DATASET_COLOURS), labels // len(shapes.DATASET_COLOURS)):
+        k = int(y.max()) + 1
+        mu = F.normalize(torch.stack([feats[fit & (y == c)].mean(0) for c in range(k)]), dim=-1)
+        out.append(float((feats[~fit] @ mu.T).argmax(1).eq(y[~fit]).float().mean()))
+    return out[0], out[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -314,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 model.token_embedding.weight[used] = table
             acc, untrained = zero_shot(model, check_x, check_y)
+            colour, shape = separability(model, check_x, check_y)
             log(f"step {step} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
                 f"zero-shot check {acc:.3f} untrained {untrained:.3f} "
+                f"colour {colour:.2f} shape {shape:.2f} "
                 f"({time.time() - t0:.0f}s)")  # fmt: skip
     with torch.no_grad():
         model.token_embedding.weight[used] = table

@@ -97,10 +97,10 @@ def test_threads_option_reaches_torch_and_is_recorded(cli, features, tmp_path):
 
 
 def test_progress_lines_for_logs_carry_rate_and_eta(capsys, monkeypatch):
-    from nlp_cli.cli import common
+    from nlp_cli.cli import common, progress
 
     clock = iter([0.0, 2.0, 2.5, 4.0])
-    monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     ticker = common.Ticker("embedding", "images", interval=1.0)
     ticker.update(0, 10)
     ticker.update(4, 10)
@@ -116,3 +116,18 @@ def test_train_epoch_lines_have_an_eta(cli, features):
     assert r.code == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 3 and "eta" in lines[1] and "eta" not in lines[2]
+
+
+def test_log_lines_print_brackets_as_they_are(monkeypatch):
+    """A cell name like `[ce seed 1]` or a path with brackets is text, not Rich markup."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    monkeypatch.setattr(output, "_console", Console(file=buf, highlight=False, width=200))
+    output.info("[ce seed 1] run/[bold]x")
+    output.warn("collapse in [dsoftmax seed 2]")
+    text = buf.getvalue()
+    assert "[ce seed 1] run/[bold]x" in text
+    assert "warning: collapse in [dsoftmax seed 2]" in text

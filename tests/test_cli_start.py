@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 
-from nlp_cli import losses, purify
+from nlp_cli import losses, purify, train
 from nlp_cli.cli import names
+from nlp_cli.datasets import cifar
 
 # Runs every command's --help and `download --list` in one process; prints what imported torch.
 HELP = """
@@ -40,6 +41,8 @@ def test_names_are_the_registries():
     hint = "copy the registry's names, in order, into nlp_cli/cli/names.py"
     assert names.LOSSES == tuple(losses.list_losses()), hint
     assert names.PURIFIERS == tuple(purify.list_purifiers()), hint
+    assert names.HUMAN_LABELS == tuple(cifar.human_sets()), hint
+    assert names.COMPILE == train.COMPILE, hint
 
 
 def test_help_and_list_import_no_torch(tmp_path):

@@ -41,3 +41,6 @@ def test_gpu_suite_quick_runs_on_cpu(tmp_path):
     assert report["full_run"]["epochs"] == 2 and report["full_run"]["seconds"] > 0
     assert report["batched"]["runs"] == 3 and report["batched"]["speedup"] > 0
     assert report["embed"]["images_per_s"] > 0
+    (c,) = report["compile"]
+    assert c["classes"] == 10 and c["eager_s"] > 0 and c["compiled_s"] > 0
+    assert c["ran"] == "compiled" and c["grad_rel_diff"] < 1e-4

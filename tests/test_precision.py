@@ -299,3 +299,21 @@ def test_fp16_training_moves_the_context(cli, features, tmp_path):
     hb = artifacts.load(b, "prompt").meta["history"]
     assert ha[-1]["loss"] < ha[0]["loss"]
     assert abs(ha[-1]["loss"] - hb[-1]["loss"]) < 0.1 * hb[-1]["loss"]
+
+
+def test_bf16_on_a_cpu_without_it_warns_once(cli, features, tmp_path, monkeypatch):
+    assert clip_model.native_bf16("cuda") and clip_model.bf16_warning("cuda", "amp") is None
+    for native in (False, True):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda n=native: n)
+        assert clip_model.native_bf16("cpu") is native
+        assert clip_model.bf16_warning("cpu", "fp32") is None
+        assert clip_model.bf16_warning("cpu", "fp16") is None
+        for prec in ("amp", "bf16"):
+            line = clip_model.bf16_warning("cpu", prec)
+            assert (line is None) is native
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    args = ("--epochs", "1", "--n-ctx", "4", "--precision", "amp", "--seed", "1,2")
+    outs = ("--out", tmp_path / "a.safetensors", "--out", tmp_path / "b.safetensors")
+    r = cli("train", features, *args, *outs)
+    assert r.code == 0, r.stderr
+    assert r.stderr.count("no instructions for") == 1  # two runs, one line

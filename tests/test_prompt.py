@@ -220,7 +220,9 @@ def test_chunks_are_recomputed_in_backward(tiny, monkeypatch):
     calls: list[int] = []
     inner = prompt._suffix_pass
     monkeypatch.setattr(
-        prompt, "_suffix_pass", lambda m, x, e, *a: calls.append(len(e)) or inner(m, x, e, *a)
+        prompt,
+        "_suffix_pass",
+        lambda m, x, plan, *a: calls.append(plan.classes) or inner(m, x, plan, *a),
     )
     learner = PromptLearner(tiny, MANY, n_ctx=5)
     feats = prompt.text_features(tiny, learner, class_chunk=4)
@@ -230,6 +232,29 @@ def test_chunks_are_recomputed_in_backward(tiny, monkeypatch):
     with torch.no_grad():
         prompt.text_features(tiny, learner, class_chunk=4)
     assert calls[6:] == [4, 4, 3]
+
+
+def test_core_runs_once_per_chunk_plan(tiny):
+    """A `core` given to text_features_many (the compiled encoder, say) gets each chunk with its
+    own plan and only that chunk's prompts; the features are CLIP's 77-token encoder's."""
+    from nlp_cli import prompt
+
+    seen: list[tuple[int, int, int, int]] = []
+
+    def core(model, prompts, plan):
+        assert prompts.shape[1] == plan.length
+        seen.append((plan.first, plan.classes, prompts.shape[0], plan.eot_at.numel()))
+        return prompt.encode_packed(model, prompts, plan)
+
+    learners = [
+        PromptLearner(tiny, MANY, n_ctx=5, generator=torch.Generator().manual_seed(s))
+        for s in (0, 1)
+    ]
+    with torch.no_grad():
+        got = prompt.text_features_many(tiny, learners, 4, core=core)
+        want = torch.stack([plain_text_features(tiny, learner) for learner in learners])
+    assert seen == [(0, 4, 8, 8), (4, 4, 8, 8), (8, 3, 6, 6)]
+    assert got.shape == want.shape and _rel(got, want) <= 1e-5
 
 
 def test_chunk_resolution():

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, make_sym_labelset
 
 from nlp_cli import artifacts, detection
 from nlp_cli import purify as P
@@ -320,3 +320,36 @@ def test_budget_one_is_no_budget_and_the_range_is_checked():
     for bad in (0.0, 1.5):
         with pytest.raises(UsageError, match="budget must lie in"):
             P.purify("ot", image, text, y, 100.0, budget=bad)
+
+
+def test_a_partition_from_another_algorithm_version_is_recomputed(features, tmp_path, monkeypatch):
+    from nlp_cli import stages
+
+    ls = make_sym_labelset(features, tmp_path / "ls.safetensors")
+    target = tmp_path / "part.safetensors"
+    current = P.ALGORITHM_VERSION
+    monkeypatch.setattr(P, "ALGORITHM_VERSION", current + 1)
+    newer = stages.make_partition(ls, out=target)
+    assert not newer.cache_hit
+    assert artifacts.read_meta(target)["purifier"]["algorithm_version"] == current + 1
+    monkeypatch.setattr(P, "ALGORITHM_VERSION", current)
+    again = stages.make_partition(ls, out=target)
+    assert not again.cache_hit
+    assert artifacts.read_meta(target)["purifier"]["algorithm_version"] == current
+    assert stages.make_partition(ls, out=target).cache_hit  # the same version is served
+    # A partition as an nlp without versions wrote it: its key held only the label set and the
+    # options, and its verdict (all clean here) is not what the current purifier gives.
+    part = artifacts.load(target, "partition")
+    old_key = artifacts.cache_key(
+        "partition", {"labelset": artifacts.load(ls).digest}, {"method": "ot"}
+    )
+    purifier = {k: v for k, v in part.meta["purifier"].items() if k != "algorithm_version"}
+    meta = {**part.meta, "key": old_key, "purifier": purifier}
+    tensors = {**part.tensors, "clean": torch.ones_like(part.tensors["clean"])}
+    artifacts.save(target, "partition", tensors, meta)
+    recomputed = stages.make_partition(ls, out=target)
+    assert not recomputed.cache_hit
+    fresh = artifacts.load(target, "partition")
+    assert torch.equal(fresh.tensors["clean"], part.tensors["clean"])
+    assert not bool(fresh.tensors["clean"].all())
+    assert fresh.meta["purifier"]["algorithm_version"] == current

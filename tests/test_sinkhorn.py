@@ -173,7 +173,90 @@ def test_a_plan_without_mass_or_with_nan_never_becomes_a_partition(monkeypatch):
     with pytest.raises(NlpError, match=r"reg=0.001 \(torch\): .* 1 NaN/inf entries.* hint:"):
         P.check_plan(nan, 0.001, "torch")
     P.check_plan(P.sinkhorn(M, reg=0.0005).coupling, 0.0005, "torch")
-    broken = P.SinkhornResult(nan, 1000, float("nan"), True, False)
-    monkeypatch.setattr(P, "sinkhorn", lambda *args, **kwargs: broken)
+    real = P._promptot_solve
+
+    def broken(*args, **kwargs):  # a solver that lets one NaN potential through
+        solved, span = real(*args, **kwargs)
+        solved.u[3] = float("nan")
+        return solved, span
+
+    monkeypatch.setattr(P, "_promptot_solve", broken)
     with pytest.raises(NlpError, match=r"^PromptOT at reg=0.001 \(torch\): the transport plan"):
         P.purify("ot", image, text, y, 100.0, reg=0.001)
+
+
+def pot_potentials(M, reg, log_domain):
+    """POT's u and v on cost M: sinkhorn_log's log_u/log_v, or sinkhorn_knopp's scalings on
+    the column-shifted cost (the K = exp(−(M − column min)/reg) that our scaling form uses)."""
+    n, c = M.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if log_domain:
+            a = torch.full((n,), 1 / n, dtype=torch.float64)
+            b = torch.full((c,), 1 / c, dtype=torch.float64)
+            _, log = ot.bregman.sinkhorn_log(a, b, M, reg, numItermax=1000, stopThr=1e-6, log=True)
+            return log["log_u"], log["log_v"]
+        shifted = (M - M.amin(dim=0)).numpy()
+        _, log = ot.sinkhorn(ot.unif(n), ot.unif(c), shifted, reg, stopThr=1e-6, log=True)
+        return torch.from_numpy(log["u"]), torch.from_numpy(log["v"])
+
+
+@pytest.mark.parametrize("reg", [0.01, 0.001])
+def test_potentials_match_pots(reg):
+    image, text, _ = clip_like(n=300)
+    M = P.promptot_cost(image, text, 100.0)
+    res = P.sinkhorn(M, reg=reg)
+    assert res.log_domain == (reg < 0.002)
+    u, v = pot_potentials(M, reg, res.log_domain)
+    # Log domain: potentials of size up to ~4000 (f/reg), equal to ~1e-10 absolute.
+    tol = dict(rtol=1e-9, atol=1e-9) if res.log_domain else dict(rtol=1e-11, atol=0.0)
+    torch.testing.assert_close(res.u, u, **tol)
+    torch.testing.assert_close(res.v, v, **tol)
+
+
+@pytest.mark.parametrize(("reg", "log_domain"), [(0.01, False), (0.001, True)])
+def test_promptot_streams_chunks_and_blocks_to_the_written_recipe_and_pot(
+    monkeypatch, reg, log_domain
+):
+    # Chunks of 64 feature rows and blocks of 64 samples: several of both, ragged last ones.
+    monkeypatch.setattr(P, "_CHUNK", 64)
+    monkeypatch.setattr(P, "_BLOCK", 64 * 101)
+    image, text, y = clip_like(n=300)
+    labels = y.clone()
+    labels[::3] = (labels[::3] + 1) % 101
+    i = image.double() / image.double().norm(dim=1, keepdim=True)
+    t = text.double() / text.double().norm(dim=1, keepdim=True)
+    cost = -torch.log_softmax(torch.softmax(100.0 * i @ t.T, dim=1), dim=1)
+    torch.testing.assert_close(P.promptot_cost(image, text, 100.0), cost, rtol=1e-14, atol=0.0)
+    res = P.promptot(image, text, labels, 100.0, reg=reg, keep_coupling=True, budget=0.5)
+    assert res.info["log_domain"] == log_domain
+    if log_domain:
+        ref, _, _ = pot_log(cost, reg)
+    else:
+        ref = torch.from_numpy(ot.sinkhorn(ot.unif(300), ot.unif(101), cost.numpy(), reg))
+    torch.testing.assert_close(res.coupling, ref, rtol=1e-7, atol=1e-15)
+    assert torch.equal(res.pseudo_labels, ref.argmax(1))
+    assert torch.equal(res.clean, (ref.argmax(1) == labels) & P.budget_mask(ref, 0.5))
+    share = ref.gather(1, labels[:, None]).squeeze(1) / ref.sum(1)
+    torch.testing.assert_close(res.scores, share.float())
+    streamed = P.promptot(image, text, labels, 100.0, reg=reg)
+    assert streamed.coupling is None
+    assert torch.equal(streamed.pseudo_labels, res.pseudo_labels)
+    assert torch.equal(streamed.scores, res.scores)
+
+
+def test_promptot_falls_back_to_the_log_domain_and_takes_float16_features(monkeypatch):
+    image, text, y = clip_like(n=300)
+    image16 = image.half()
+    M = P.promptot_cost(image16.float(), text, 100.0)
+    assert torch.equal(P.promptot_cost(image16, text, 100.0), M)  # upcast per chunk, exactly
+    monkeypatch.setattr(P, "LOG_DOMAIN_SPAN", 1e9)  # the a-priori rule now says "scaling"
+    res = P.promptot(image16, text, y, 100.0, reg=0.0005, keep_coupling=True)
+    assert res.info["log_domain"] and res.info["log_domain_fallback"]
+    ref, iterations, _ = pot_log(M, 0.0005)
+    assert res.info["iterations"] == iterations
+    torch.testing.assert_close(res.coupling, ref, rtol=1e-7, atol=1e-15)
+    top2 = ref.topk(2, dim=1).values
+    tie = (top2[:, 0] - top2[:, 1]) <= 1e-9 * top2[:, 0]  # one row here splits its mass evenly
+    assert int(tie.sum()) <= 2
+    assert bool((res.pseudo_labels == ref.argmax(1))[~tie].all())

@@ -226,14 +226,40 @@ def test_batched_sweep_equals_cell_by_cell(tmp_path, features):
     torch.set_num_threads(threads)
 
 
+def test_batched_cells_keep_their_losses_knobs(tmp_path, grid_file):
+    """A per-loss knob in the grid reaches that loss's runs when cells are trained together."""
+    text = grid_file.read_text().replace(
+        "train: {epochs: 3, batch_size: 8}", "train: {epochs: 3, batch_size: 8, knob: [gce.q=0.3]}"
+    )
+    grid_file.write_text(text.replace("  - ce\n", "  - ce\n  - gce\n"))
+    grid = sweep.load_grid(grid_file)
+    stages = FakeStages()
+    sweep.run_sweep(grid, stages=stages, batch=True)
+    trains = [c[2] for c in stages.calls if c[0] == "train"]
+    with_gce = [o for o in trains if "gce" in o.losses]
+    assert with_gce and all(o.loss_knobs == {"gce": {"q": "0.3"}} for o in with_gce)
+    assert all(o.loss_knobs == {} for o in trains if "gce" not in o.losses)
+
+
 def test_presets_are_the_example_grids(cli):
     from nlp_cli import sweep as sw
 
     names = sw.presets()
-    assert set(names) == {"dspt-table1", "nlprompt-16shot", "logitclip-tau", "shapes"}
-    assert names["dspt-table1"].startswith("DSPT Table 1")
+    assert set(names) == {
+        "dspt-table1",
+        "dspt-table2",
+        "dspt-table3",
+        "dspt-table4",
+        "nlprompt-16shot",
+        "logitclip-tau",
+        "shapes",
+    }
+    for table in (1, 2, 3, 4):
+        assert names[f"dspt-table{table}"].startswith(f"DSPT Table {table}: ")
     r = cli("sweep", "--list-presets", "--json")
-    assert r.code == 0 and set(json.loads(r.stdout)["presets"]) == set(names)
+    assert r.code == 0 and json.loads(r.stdout)["presets"] == names
+    listed = dict(line.split(None, 1) for line in r.stderr.strip().splitlines())
+    assert listed == names  # one line per preset: its name and its description
     r = cli("sweep", "--preset", "dspt-table1", "--dry-run", "--json")
     assert r.code == 0 and len(json.loads(r.stdout)["cells"]) == 9 * 6 * 6 * 3
     bad = cli("sweep", "--preset", "dspt-tabel1", "--dry-run")
@@ -272,3 +298,113 @@ def test_the_papers_numbers_print_beside_ours(grid_file):
     grid_file.write_text(grid_file.read_text().replace("DSPT: {sym", "DSTP: {sym"))
     with pytest.raises(UsageError, match="did you mean 'DSPT'"):
         sweep.load_grid(grid_file)
+
+
+def _two_dataset_grid(tmp_path, paper: str) -> Path:
+    for name in ("alpha", "beta"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"stand-in for " + name.encode())
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        f"datasets: [{tmp_path / 'alpha.safetensors'}, {tmp_path / 'beta.safetensors'}]\n"
+        "model: tiny-shapes\nnoise: [{sym: 0.4}, {pair: 0.2}]\n"
+        "methods: [ce, {name: DSPT, loss: dsoftmax}]\nseeds: [1]\n" + paper
+    )
+    return path
+
+
+def _paper_rows(md: str, title: str) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """The rows of one paper-beside-ours block: (method, setting) → (paper, ours, difference)."""
+    block = md.split(f"**{title}: the paper's numbers beside ours**")[1].split("\n\n**")[0]
+    rows = {}
+    for line in block.splitlines():
+        parts = [p.strip() for p in line.split("|")[1:-1]]
+        if len(parts) == 5 and parts[2][:1].isdigit():
+            rows[(parts[0], parts[1])] = tuple(float(p) for p in parts[2:])
+    return rows
+
+
+def test_paper_numbers_per_dataset_print_beside_that_datasets_table(tmp_path):
+    """A `paper:` entry keyed by dataset goes beside that dataset's table; the flat form beside
+    the average; each difference is ours − paper from the same table's cell."""
+    path = _two_dataset_grid(
+        tmp_path,
+        "paper:\n  DSPT: {sym 0.4: 70.0, alpha: {sym 0.4: 91.5, pair 0.2: 88.0}}\n"
+        "  ce: {beta: {pair 0.2: 40.25}}\n",
+    )
+    grid = sweep.load_grid(path)
+    assert grid.paper == {"DSPT": {("sym", 0.4): 70.0}}
+    assert grid.paper_datasets == {
+        "alpha": {"DSPT": {("sym", 0.4): 91.5, ("pair", 0.2): 88.0}},
+        "beta": {"ce": {("pair", 0.2): 40.25}},
+    }
+    result = sweep.run_sweep(grid, stages=FakeStages())
+    md = sweep.write_tables(result, grid, plot=False)["markdown"].read_text()
+    ours = {(r["dataset"], r["method"], r["noise"]): 100 * r["acc"] for r in result.records}
+    alpha = _paper_rows(md, "alpha")
+    assert set(alpha) == {("DSPT", "Sym 40%"), ("DSPT", "Pair 20%")}
+    paper, mine, diff = alpha[("DSPT", "Pair 20%")]
+    assert paper == 88.0 and mine == pytest.approx(ours[("alpha", "DSPT", "pair")], abs=5e-3)
+    assert diff == pytest.approx(mine - paper, abs=1e-9)
+    assert set(_paper_rows(md, "beta")) == {("ce", "Pair 20%")}
+    average = _paper_rows(md, "Average over 2 datasets")
+    mean = (ours[("alpha", "DSPT", "sym")] + ours[("beta", "DSPT", "sym")]) / 2
+    assert average[("DSPT", "Sym 40%")][:2] == pytest.approx((70.0, mean), abs=5e-3)
+
+
+@pytest.mark.parametrize(
+    "paper, message",
+    [
+        ("paper:\n  DSPT: {alpah: {sym 0.4: 1.0}}\n", "did you mean 'alpha'"),
+        ("paper:\n  DSPT: {sym 0.8: 74.2}\n", r"'sym 0.8' \(Sym 80%\) is not a noise setting"),
+        ("paper:\n  DSPT: {beta: {pair 0.3: 1.0}}\n", "did you mean 'pair 0.2'"),
+        ("paper:\n  DSPT: {alpha: {sym 0.4: high}}\n", "is not a percent"),
+    ],
+)
+def test_bad_paper_cells_are_one_line_usage_errors(tmp_path, paper, message):
+    with pytest.raises(UsageError, match=message) as info:
+        sweep.load_grid(_two_dataset_grid(tmp_path, paper))
+    assert "\n" not in str(info.value)
+
+
+PRESETS = sorted(sweep.presets())
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_loads_validates_and_names_its_source(cli, name):
+    """Each bundled grid passes `--dry-run` with one distinct cell per listed combination, is
+    the file in examples/ it links to, and its header names the paper's table or figure and the
+    reference config it follows."""
+    path = sweep.preset_path(name)
+    assert path.resolve().parent == (Path(__file__).parents[1] / "examples").resolve()
+    grid = sweep.load_grid(path)
+    r = cli("sweep", "--preset", name, "--dry-run", "--json")
+    assert r.code == 0, r.stderr
+    cells = json.loads(r.stdout)["cells"]
+    expected = len(grid.sources()) * len(grid.noise) * len(grid.methods) * len(grid.seeds)
+    assert len(cells) == len(set(cells)) == expected
+    assert r.stderr.count("pending") == expected
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    if name != "shapes":  # the offline world reproduces no paper's table
+        text = " ".join(header)
+        assert "Paper:" in text and "Reference config:" in text
+        assert "arxiv.org/html/" in text
+
+
+def test_the_papers_numbers_print_beside_ours_on_the_terminal(cli, grid_file, monkeypatch):
+    """`nlp sweep` prints the paper-beside-ours block on stderr with the mean over seeds of the
+    cells it ran (stand-in stages: made-up accuracies) and ours − paper."""
+    grid_file.write_text(
+        grid_file.read_text() + "paper:\n  DSPT: {sym 0.4: 80.0, feats: {pair 0.2: 55.5}}\n"
+    )
+    stages = FakeStages()
+    monkeypatch.setattr(sweep, "Stages", lambda **_: stages)
+    r = cli("sweep", grid_file, "--out", grid_file.parent / "sw", "--no-plot", "--json")
+    assert r.code == 0, r.stderr
+    records = json.loads((grid_file.parent / "sw" / "results.json").read_text())["records"]
+    assert "**feats: the paper's numbers beside ours**" in r.stderr
+    for setting, noise, paper in (("Sym 40%", "sym", 80.0), ("Pair 20%", "pair", 55.5)):
+        accs = [100 * x["acc"] for x in records if x["method"] == "DSPT" and x["noise"] == noise]
+        assert len(accs) == 2  # one per seed
+        mean = sum(accs) / 2
+        row = f"| DSPT | {setting} | {paper:.2f} | {mean:.2f} | {mean - paper:+.2f} |"
+        assert row in r.stderr

@@ -30,6 +30,8 @@ STAGE_ORDER = [
     "aggregate",
 ]
 
+PROGRESS = ("auto", "bar", "line", "none")  # progress.MODES, held equal by a test
+
 app = typer.Typer(
     name="nlp",
     help="Prompt learning on CLIP under noisy labels (NLPrompt, DSPT and baselines).",
@@ -58,6 +60,16 @@ def _root(
         help="CPU threads for torch (default: half the cores this process may use, at least 1; "
         "OMP_NUM_THREADS wins when set).",
     ),
+    progress: str = typer.Option(
+        "auto",
+        "--progress",
+        help="Progress on stderr: bar (Rich), line (one plain line per interval, for log files "
+        "and Slurm), none, or auto (bar on a terminal, line elsewhere).",
+        autocompletion=lambda incomplete: [m for m in PROGRESS if m.startswith(incomplete)],
+    ),
+    progress_interval: float = typer.Option(
+        10.0, "--progress-interval", help="Seconds between plain progress lines."
+    ),
 ) -> None:
     """Prompt learning on CLIP under noisy labels.
 
@@ -67,6 +79,9 @@ def _root(
         nlp corrupt FEATS --sym 0.5 | nlp purify | nlp train --loss nlprompt | nlp eval
     """
     set_threads(threads)
+    from nlp_cli.cli import progress as meters
+
+    meters.configure(progress, progress_interval)
 
 
 def set_threads(threads: int | None) -> int:

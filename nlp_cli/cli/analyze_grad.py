@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.cli.common import show
+from nlp_cli.cli.common import Pretrained, show, weights
 
 if TYPE_CHECKING:
     from nlp_cli.analysis import GradStats
@@ -106,6 +106,7 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, "--model", help="CLIP model name or checkpoint (default: the features' model)."
         ),
+        pretrained: Pretrained = None,
         epochs: int = typer.Option(
             0,
             "--epochs",
@@ -128,7 +129,12 @@ def register(app: typer.Typer) -> None:
         from nlp_cli.stages.analyze import AnalyzeOptions, analyze_gradients
 
         opts = AnalyzeOptions(
-            losses=loss.split(","), knobs=knob, prompt=prompt, model=model, epochs=epochs, seed=seed
+            losses=loss.split(","),
+            knobs=knob,
+            prompt=prompt,
+            model=weights(model, pretrained),
+            epochs=epochs,
+            seed=seed,
         )
         opts.resolved()
         if plot is not None:

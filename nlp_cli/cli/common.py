@@ -10,12 +10,21 @@ from typing import Annotated, Any
 import typer
 
 from nlp_cli.cli import output
+from nlp_cli.cli.progress import Ticker, duration  # noqa: F401  (shared by the commands)
 
 AsJson = Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")]
 Out = Annotated[Path | None, typer.Option("--out", help="Output file (default under NLP_HOME).")]
 Model = Annotated[
     str | None,
     typer.Option("--model", help="CLIP model name or checkpoint (default: the features' model)."),
+]
+Pretrained = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        help="Weights of an open_clip:ARCH model: a checkpoint file, a tag fetched by "
+        "`nlp download`, or none (random weights).",
+    ),
 ]
 Device = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")
@@ -26,6 +35,15 @@ Precision = Annotated[
         "--precision", help="fp32, fp16, bf16 or amp (default: fp16 on CUDA as CoOp, fp32 on CPU)."
     ),
 ]
+
+
+def weights(model: str | None, pretrained: str | None) -> str | None:
+    """--model with --pretrained, as one model reference (open_clip:ARCH@PRETRAINED)."""
+    if pretrained is None:
+        return model
+    from nlp_cli import clip_model
+
+    return clip_model.model_ref(model, pretrained)
 
 
 def resolve_run(device: str, precision: str | None) -> tuple[str, str]:
@@ -40,35 +58,6 @@ def said(device: str, precision: str) -> None:
     """The device and precision that ran, on stderr (after the work, so that a failure stays
     one line)."""
     output.info(f"ran on {device} ({precision})")
-
-
-def duration(seconds: float) -> str:
-    """1h02m, 3m05s, 42s."""
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-class Ticker:
-    """Progress on stderr for a log file or a pipe: one plain line per `interval` seconds with
-    the count, the rate and the ETA (a terminal gets a Rich bar instead, from the caller)."""
-
-    def __init__(self, label: str, unit: str, interval: float = 10.0) -> None:
-        self.label, self.unit, self.interval = label, unit, interval
-        self.start = self.last = None
-
-    def update(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if self.start is None:
-            self.start, self.first, self.last = now, done, now
-            return
-        if now - self.last < self.interval:
-            return  # (no forced last line: the stage says when it is done, or fails in one line)
-        self.last = now
-        rate = (done - self.first) / max(now - self.start, 1e-9)
-        eta = f", eta {duration((total - done) / rate)}" if rate > 0 and done < total else ""
-        output.info(f"{self.label} {done}/{total} {self.unit} ({rate:.1f}/s{eta})")
 
 
 def test_pause() -> None:

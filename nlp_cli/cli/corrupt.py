@@ -1,4 +1,5 @@
-"""`nlp corrupt`: a label set with injected noise (sym, pair, class map, instance-dependent)."""
+"""`nlp corrupt`: a label set with injected noise (sym, pair, class map, instance-dependent) or
+with published human labels (CIFAR-10N, CIFAR-100N)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import typer
 
 from nlp_cli.cli import output
 from nlp_cli.cli.common import AsJson, Out, finish
+from nlp_cli.cli.names import HUMAN_LABELS
 from nlp_cli.errors import UsageError
 
 
@@ -33,6 +35,19 @@ def register(app: typer.Typer) -> None:
         idn: float | None = typer.Option(
             None, "--idn", help="Instance-dependent noise rate: flips towards the nearest class."
         ),
+        human: str | None = typer.Option(
+            None,
+            "--human",
+            help="Human labels of CIFAR-10 (aggre, random1-3, worst) or CIFAR-100 (noisy) "
+            "training features, from `nlp download cifar10n` / `cifar100n`.",
+            autocompletion=lambda incomplete: [n for n in HUMAN_LABELS if n.startswith(incomplete)],
+        ),
+        human_file: Path | None = typer.Option(
+            None,
+            "--human-labels",
+            help="With --human: the CIFAR-N label file (default: the one `nlp download` put in "
+            "place).",
+        ),
         rate: float = typer.Option(
             1.0, "--rate", help="With --map: the fraction of each mapped class that is flipped."
         ),
@@ -46,7 +61,7 @@ def register(app: typer.Typer) -> None:
         """Noisy training labels (validation and test stay clean) next to the true ones."""
         from nlp_cli.stages.corrupt import CorruptOptions, choose_noise, make_labelset
 
-        kind, value = choose_noise(sym, pair, map_file, idn)
+        kind, value = choose_noise(sym, pair, map_file, idn, human)
         if kind != "map" and rate != 1.0:
             raise UsageError("--rate only applies to --map (the other types take their own rate)")
         opts = CorruptOptions(
@@ -55,6 +70,8 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             shots=shots,
             map_file=map_file,
+            human=human,
+            human_file=human_file,
         )
         opts.validate()
         path = output.input_path(features, "feature cache")

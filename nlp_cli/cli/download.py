@@ -37,7 +37,13 @@ def register(app: typer.Typer) -> None:
             "downloading.",
         ),
         model: str | None = typer.Option(
-            None, "--model", help="Download an OpenAI CLIP checkpoint (e.g. ViT-B/16)."
+            None,
+            "--model",
+            help="Download an OpenAI CLIP checkpoint (e.g. ViT-B/16), or open_clip:ARCH "
+            "weights with --pretrained TAG.",
+        ),
+        pretrained: str | None = typer.Option(
+            None, "--pretrained", help="open_clip pretrained tag (e.g. laion2b_s34b_b79k)."
         ),
         list_: bool = typer.Option(False, "--list", help="Show the catalog and what is present."),
         seed: int = typer.Option(
@@ -85,7 +91,16 @@ def register(app: typer.Typer) -> None:
             if model is not None:
                 if dataset is not None:
                     raise UsageError("give either a DATASET or --model, not both")
-                result = stages.download_model(model, on_progress=bar.update)
+                if model.startswith("open_clip:"):
+                    if not pretrained:
+                        raise UsageError(f"--model {model} needs --pretrained TAG")
+                    result = stages.download_open_clip(model, pretrained)
+                else:
+                    if pretrained is not None:
+                        raise UsageError("--pretrained applies to --model open_clip:ARCH")
+                    result = stages.download_model(model, on_progress=bar.update)
+            elif pretrained is not None:
+                raise UsageError("--pretrained goes with --model open_clip:ARCH")
             elif dataset is None:
                 raise UsageError("name a DATASET (see `nlp download --list`) or --model NAME")
             else:

@@ -12,12 +12,14 @@ from nlp_cli.cli.common import (
     AsJson,
     Device,
     Precision,
-    Ticker,
+    Pretrained,
     finish,
     resolve_run,
     said,
     test_pause,
+    weights,
 )
+from nlp_cli.cli.progress import Meter
 
 
 def _init_distributed(device: str) -> bool:
@@ -41,7 +43,10 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Argument(
             ..., help="Catalog name (under --root), a dataset folder, or a CSV path,label[,split]."
         ),
-        model: str = typer.Option(..., "--model", help="CLIP model name or checkpoint path."),
+        model: str = typer.Option(
+            ..., "--model", help="CLIP model name, checkpoint path, or open_clip:ARCH."
+        ),
+        pretrained: Pretrained = None,
         views: int = typer.Option(
             0, "--views", help="Augmented views per training image (0 = only the center crop)."
         ),
@@ -87,10 +92,10 @@ def register(app: typer.Typer) -> None:
 
             opts.device = f"cuda:{torch.cuda.current_device()}"
         try:
-            with _Bar() as bar:
+            with Meter("embedding", "images") as bar:
                 result = run_embed(
                     dataset,
-                    model,
+                    weights(model, pretrained),
                     opts,
                     root,
                     out,
@@ -110,39 +115,3 @@ def register(app: typer.Typer) -> None:
         if not result.cache_hit:
             said(opts.device, opts.precision)
         finish(result, as_json)
-
-
-class _Bar:
-    """A Rich progress bar on stderr fed by (done, total) callbacks."""
-
-    def __enter__(self) -> _Bar:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        self.progress = Progress(
-            *columns, TimeRemainingColumn(), console=output.console, transient=True
-        )
-        self.task = None
-        self.live = output.console.is_terminal
-        self.ticker = Ticker("embedding", "images")
-        if self.live:
-            self.progress.start()
-        return self
-
-    def update(self, done: int, total: int) -> None:
-        if not self.live:
-            self.ticker.update(done, total)
-            return
-        if self.task is None:
-            self.task = self.progress.add_task("embedding", total=total)
-        self.progress.update(self.task, completed=done, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live:
-            self.progress.stop()

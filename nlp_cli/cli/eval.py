@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.cli.common import Device, Precision, resolve_run, said
+from nlp_cli.cli.common import Device, Precision, Pretrained, resolve_run, said, weights
 
 
 def render(result: dict[str, Any]) -> None:
@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, "--model", help="CLIP model name or checkpoint (default: the features' model)."
         ),
+        pretrained: Pretrained = None,
         device: Device = "auto",
         precision: Precision = None,
         untrained: Path | None = typer.Option(
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
             path,
             feats,
             split,
-            model,
+            weights(model, pretrained),
             device,
             out=out,
             write=not as_json,

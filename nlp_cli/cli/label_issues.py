@@ -7,7 +7,17 @@ from pathlib import Path
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.cli.common import AsJson, Device, Model, Precision, finish, resolve_run, said
+from nlp_cli.cli.common import (
+    AsJson,
+    Device,
+    Model,
+    Precision,
+    Pretrained,
+    finish,
+    resolve_run,
+    said,
+    weights,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -45,6 +55,7 @@ def register(app: typer.Typer) -> None:
         ),
         sheet_size: int = typer.Option(36, "--sheet-size", help="Suspects on the sheet/page."),
         model: Model = None,
+        pretrained: Pretrained = None,
         template: str | None = typer.Option(
             None, "--template", help='Hand prompt "…{}…" or ensemble (default: the dataset\'s).'
         ),
@@ -63,7 +74,7 @@ def register(app: typer.Typer) -> None:
             method=method,
             probs=probs,
             prompt=prompt,
-            model=model,
+            model=weights(model, pretrained),
             device=device,
             precision=precision,
             template=template,

@@ -9,3 +9,6 @@ LOSSES = (
     "bootstrap-hard", "logitclip-code", "square", "select", "nlprompt",
 )  # fmt: skip
 PURIFIERS = ("ot", "zeroshot", "gmm", "cleanlab")
+# `nlp corrupt --human`: CIFAR-10N's label sets, then CIFAR-100N's (datasets.cifar.human_sets()).
+HUMAN_LABELS = ("aggre", "random1", "random2", "random3", "worst", "noisy")
+COMPILE = ("auto", "on", "off")  # train.COMPILE

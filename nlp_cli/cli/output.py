@@ -75,13 +75,15 @@ def emit_json(data: dict[str, Any]) -> None:
 
 
 def info(message: str) -> None:
-    """A log line on stderr."""
-    _stderr().print(message)
+    """A log line on stderr, printed as it is (brackets in names and paths are not markup)."""
+    _stderr().print(message, markup=False)
 
 
 def warn(message: str) -> None:
-    """A warning line on stderr."""
-    _stderr().print(f"[yellow]warning:[/yellow] {message}")
+    """A warning line on stderr (its text printed as it is)."""
+    from rich.markup import escape
+
+    _stderr().print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def _jsonable(x: Any) -> Any:

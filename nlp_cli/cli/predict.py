@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.cli.common import Device, Precision, resolve_run, show
+from nlp_cli.cli.common import Device, Precision, Pretrained, resolve_run, show, weights
 
 
 def register(app: typer.Typer) -> None:
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, "--model", help="CLIP model (default: the prompt's; needed with --zero-shot)."
         ),
+        pretrained: Pretrained = None,
         top_k: int = typer.Option(5, "--top-k", help="Labels per image."),
         device: Device = "auto",
         precision: Precision = None,
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
             names = None
         else:
             prompt, images, names = None, inputs, read_classnames(zero_shot)
-        opts = PredictOptions(prompt, names, model, top_k, device, precision)
+        opts = PredictOptions(prompt, names, weights(model, pretrained), top_k, device, precision)
         if out is not None:
             artifacts.check_output(out, [prompt, *images])
         result = run(images, opts)

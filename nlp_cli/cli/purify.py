@@ -7,8 +7,20 @@ from pathlib import Path
 import typer
 
 from nlp_cli.cli import output
-from nlp_cli.cli.common import AsJson, Device, Model, Out, Precision, finish, resolve_run, said
+from nlp_cli.cli.common import (
+    AsJson,
+    Device,
+    Model,
+    Out,
+    Precision,
+    Pretrained,
+    finish,
+    resolve_run,
+    said,
+    weights,
+)
 from nlp_cli.cli.names import PURIFIERS
+from nlp_cli.cli.progress import Meter
 from nlp_cli.errors import UsageError
 
 
@@ -35,6 +47,7 @@ def register(app: typer.Typer) -> None:
             None, "--prompt", help="Trained prompt file for the prototypes (default: hand prompt)."
         ),
         model: Model = None,
+        pretrained: Pretrained = None,
         template: str | None = typer.Option(
             None,
             "--template",
@@ -67,14 +80,21 @@ def register(app: typer.Typer) -> None:
             method=method,
             options=options,
             prompt=prompt,
-            model=model,
+            model=weights(model, pretrained),
             device=device,
             precision=precision,
             template=template,
         )
         opts.validate()
         path = output.input_path(labels, "label set")
-        result = make_partition(path, opts, out, report)
+        with Meter("Sinkhorn", "iterations", bound=True) as bar:
+            result = make_partition(
+                path,
+                opts,
+                out,
+                report,
+                on_progress=lambda it, most, error: bar.update(it, most, f"error {error:.1e}"),
+            )
         if not result.cache_hit:
             said(device, precision)
         finish(result, as_json)

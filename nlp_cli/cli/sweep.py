@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from nlp_cli.cli import output
+from nlp_cli.cli.common import test_pause
+from nlp_cli.cli.progress import Meter, Steps
 
 
 def register(app: typer.Typer) -> None:
@@ -67,13 +69,18 @@ def register(app: typer.Typer) -> None:
                 output.emit_json({"cells": [c.slug for c in cells]})
             return
 
-        def progress(cell: sw.Cell, state: str) -> None:
-            output.info(f"── {state}: {cell.slug}")
-
+        mine = len(cells[rank::world])
         output.info(f"sweep {grid.name}: {len(cells)} cells → {grid.folder()}")
-        result = sw.run_sweep(
-            grid, device=device, progress=progress, batch=batch, rank=rank, world=world
-        )
+        with Meter("sweep", "cells", lines=False) as board, Steps() as steps:
+            result = sw.run_sweep(
+                grid,
+                stages=sw.Stages(on_step=steps, on_checkpoint=test_pause),
+                device=device,
+                progress=_Cells(grid, mine, board),
+                batch=batch,
+                rank=rank,
+                world=world,
+            )
         if rank != 0:
             return
         paths = sw.write_tables(result, grid, plot=plot)
@@ -86,3 +93,36 @@ def register(app: typer.Typer) -> None:
             **{k: str(v) for k, v in paths.items()},
         }
         output.emit(paths["markdown"], summary, as_json)
+
+
+class _Cells:
+    """A line per cell as it is found cached, starts training and is done (with its accuracy),
+    numbered among this rank's cells, with the cells' rate and ETA once one is done here; on a
+    terminal, the sweep's row of the progress bar."""
+
+    def __init__(self, grid, total: int, meter: Meter) -> None:
+        self.grid, self.total, self.meter = grid, total, meter
+        self.started = self.finished = 0
+
+    def __call__(self, cell, state: str) -> None:
+        import json
+
+        if state == "running":
+            self.started += 1
+            number = self.finished + self.started
+        else:
+            self.finished += 1
+            number = self.finished
+        if state == "done":
+            self.started -= 1
+        self.meter.update(self.finished, self.total, cell.slug)
+        words = [f"── {state} {number}/{self.total}: {cell.slug}"]
+        if state == "done":
+            try:
+                acc = json.loads(self.grid.metrics_path(cell).read_text())["acc1"]
+                words.append(f"acc {100 * acc:.2f}%")
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        if state != "cached" and self.meter.ticker.rate() is not None:
+            words.append(f"({self.meter.ticker.numbers()})")
+        output.console.print("  ".join(words), markup=False, highlight=False)

@@ -6,6 +6,8 @@
 * `extract` unpacks tar (any compression) and zip archives, refusing the whole archive before
   writing anything when a member has an absolute path, a `..` component, a link pointing outside
   the target folder, or is a device/FIFO.
+* `pin` records the SHA-256 of a file that has no published digest beside it (`<file>.sha256`,
+  trust on first use); `check_pin` holds every later use of the file to that record.
 * `adopt` (`nlp download NAME --from DIR`) never copies or modifies DIR: it makes
   `<root>/<folder>/` a real folder holding one symlink per top-level entry of DIR, so a
   regenerated split file is written beside the links, never into DIR.
@@ -33,6 +35,7 @@ from nlp_cli.errors import NlpError, UsageError, did_you_mean
 
 CHUNK = 1 << 16
 MARKER = ".nlp-from"
+PIN = ".sha256"
 
 
 class DownloadError(NlpError):
@@ -105,10 +108,14 @@ def fetch(
     retries: int = 3,
     timeout: float = 30.0,
     progress: Progress | bool | None = None,
+    size: int | None = None,
 ) -> Path:
-    """Download `url` to `dest` (resuming `dest.part`), verify it, and return `dest`."""
+    """Download `url` to `dest` (resuming `dest.part`), verify it, and return `dest`.
+
+    `size`, when given, is the file's length in bytes: a file of any other length is deleted.
+    """
     dest = Path(dest)
-    if dest.exists() and verify(dest, checksum):
+    if dest.exists() and verify(dest, checksum) and size in (None, dest.stat().st_size):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -130,6 +137,12 @@ def fetch(
                 break
         if not ok or not part.exists():
             continue
+        got_size = part.stat().st_size
+        if size is not None and got_size != size:
+            part.unlink()
+            raise DownloadError(
+                f"{candidate} sent {got_size} bytes, expected {size} (the partial file was deleted)"
+            )
         if not verify(part, checksum):
             algo, _, want = (checksum or "").partition(":")
             got = _digest(part, algo)
@@ -271,12 +284,49 @@ def adopt(spec: DatasetSpec, src: Path, folder: Path) -> None:
     marker.write_text(f"{src}\n")
 
 
+def check_pin(path: Path) -> str:
+    """The file's SHA-256; DownloadError when it differs from the one pinned beside it."""
+    path = Path(path)
+    got = _digest(path, "sha256")
+    record = path.with_name(path.name + PIN)
+    if record.is_file():
+        want = (record.read_text().split() or [""])[0].lower()
+        if want != got:
+            raise DownloadError(
+                f"{path} has SHA-256 {got}, not the {want} pinned in {record.name} when it was "
+                "first fetched: the file changed (delete both and download it again)"
+            )
+    return got
+
+
+def pin(path: Path) -> tuple[str, bool]:
+    """Record the file's SHA-256 beside it (trust on first use), or check it against the record.
+
+    Returns the digest and whether it was recorded just now."""
+    path = Path(path)
+    digest = check_pin(path)
+    record = path.with_name(path.name + PIN)
+    if record.is_file():
+        return digest, False
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(f"{digest}  {path.name}\n")
+    os.replace(tmp, record)
+    return digest, True
+
+
 def _fetch_source(src: Source, spec: DatasetSpec, root: Path, folder: Path, **kw) -> None:
     if not src.extract:
-        fetch(src.url, folder / src.filename, src.checksum, mirrors=src.mirrors, **kw)
+        fetch(
+            src.url, folder / src.filename, src.checksum, mirrors=src.mirrors, size=src.size, **kw
+        )
         return
     archive = fetch(
-        src.url, root / ".downloads" / src.filename, src.checksum, mirrors=src.mirrors, **kw
+        src.url,
+        root / ".downloads" / src.filename,
+        src.checksum,
+        mirrors=src.mirrors,
+        size=src.size,
+        **kw,
     )
     try:
         extract(archive, folder, src.strip)
@@ -329,6 +379,14 @@ def fetch_dataset(
                     f"`nlp download {spec.name} --from DIR` with a copy in CoOp's layout{hint}"
                 ) from e
         (folder / INCOMPLETE).unlink()
+    for src in spec.sources:
+        if src.pin and (folder / src.filename).is_file():
+            digest, new = pin(folder / src.filename)
+            if new:
+                notes.append(
+                    f"{src.filename} has no published checksum: pinned its SHA-256 {digest} "
+                    f"in {src.filename}{PIN} (every later use is checked against it)"
+                )
     if spec.prepare is not None:
         notes += spec.prepare(folder) or []
     if spec.split_file and not (folder / spec.split_file).is_file():
@@ -359,3 +417,49 @@ def fetch_model(
         return fetch(url, dest, f"sha256:{sha256}", progress=progress, timeout=timeout)
     except DownloadError as e:
         raise DownloadError(f"{e}: place the file by hand at {dest}") from e
+
+
+def fetch_open_clip(arch: str, tag: str) -> Path:
+    """Download open_clip's pretrained weights `tag` of `arch` through open_clip's own download
+    (Hugging Face Hub or URL, its checksums) into `clip_model.open_clip_tag_dir(arch, tag)`.
+
+    open_clip writes into a scratch folder; only a finished file is moved into place, so a failed
+    or interrupted download leaves nothing behind and what was there before stays.
+    """
+    import tempfile
+
+    from nlp_cli import clip_model
+
+    oc = clip_model._open_clip()
+    known = oc.list_models()
+    if arch not in known:
+        raise UsageError(f"unknown open_clip architecture {arch!r}{did_you_mean(arch, known)}")
+    tags = oc.list_pretrained_tags_by_model(arch)
+    if tag not in tags:
+        raise UsageError(
+            f"{clip_model.OPEN_CLIP}{arch} has no pretrained tag {tag!r}{did_you_mean(tag, tags)}"
+            f": known are {', '.join(tags) or 'none'}"
+        )
+    stored = clip_model.stored_open_clip(arch, tag)
+    if stored is not None:
+        return stored
+    dest_dir = clip_model.open_clip_tag_dir(arch, tag)
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest_dir.parent, prefix=f".{tag}-") as scratch:
+        try:
+            with clip_model._quiet():
+                got = oc.download_pretrained(oc.get_pretrained_cfg(arch, tag), cache_dir=scratch)
+        except Exception as e:
+            detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise DownloadError(
+                f"cannot download {clip_model.OPEN_CLIP}{arch} weights {tag} ({detail}): without "
+                f"network pass a checkpoint file with --pretrained PATH"
+            ) from None
+        if not got or not Path(got).is_file():
+            raise DownloadError(f"open_clip gave no weights file for {arch} {tag}")
+        real = Path(os.path.realpath(got))  # the Hub's cache links snapshots to blobs
+        staged = Path(scratch) / "done"
+        staged.mkdir()
+        os.replace(real, staged / Path(got).name)
+        os.replace(staged, dest_dir)
+    return clip_model.stored_open_clip(arch, tag)

@@ -37,6 +37,10 @@ class Source:
     creates: str = ""  # path in the dataset folder that shows this source is already in place
     mirrors: tuple[str, ...] = ()
     optional: bool = False  # a split file: when unreachable, regenerate it instead
+    size: int | None = None  # the file's length in bytes, when known: any other length is refused
+    # No published digest: the SHA-256 is recorded beside the file when it is first fetched
+    # (`<file>.sha256`, trust on first use) and every later use is checked against it.
+    pin: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class DatasetSpec:
     required: tuple[str, ...] = ()  # further folders the images live in (when image_dir is "")
     generate: Callable[[Path, int], Path] | None = field(default=None, compare=False)
     needs: tuple[str, ...] = ()  # files `build` reads: with them, a missing split is regenerated
+    # A label set for another entry's images (CIFAR-10N for cifar10): label files, no images.
+    labels_for: str = ""
 
     def present(self, folder: Path) -> bool:
         """True when `folder` holds this dataset's images and a split (file or rule)."""
@@ -63,6 +69,8 @@ class DatasetSpec:
             return folder.is_dir() and any(folder.glob("split*.json"))
         if (folder / INCOMPLETE).exists():
             return False
+        if self.labels_for:
+            return all((folder / src.filename).is_file() for src in self.sources)
         if self.image_dir and not (folder / self.image_dir).is_dir():
             return False
         if not all((folder / r).is_dir() for r in self.required):
@@ -90,6 +98,11 @@ class DatasetSpec:
 
     def load(self, folder: Path, seed: int = 1) -> Dataset:
         """Read the dataset in `folder` (CoOp layout) without writing anything."""
+        if self.labels_for:
+            raise NlpError(
+                f"{self.name} holds labels for {self.labels_for}'s training images, no images: "
+                f"embed {self.labels_for} and give the labels to `nlp corrupt`"
+            )
         if self.generate is not None:
             ds = load_split_folder(folder)
             if ds is None:

@@ -1,5 +1,5 @@
-"""`make_labelset`: noisy training labels (sym, pair, class map, instance-dependent) beside the
-true ones, from a features artifact."""
+"""`make_labelset`: noisy training labels (sym, pair, class map, instance-dependent, human) beside
+the true ones, from a features artifact."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from nlp_cli import artifacts, noise
-from nlp_cli.errors import UsageError, did_you_mean
+from nlp_cli.errors import NlpError, UsageError, did_you_mean
 from nlp_cli.stages.result import StageResult
 
 
 @dataclass
 class CorruptOptions:
-    """How to corrupt: a noise `kind` (none, sym, pair, map, idn) with its rate, a seed, shots."""
+    """How to corrupt: a noise `kind` (none, sym, pair, map, idn, human) with its rate, a seed,
+    shots."""
 
     kind: str = "none"
     rate: float | None = None
@@ -24,11 +25,20 @@ class CorruptOptions:
     shots: int | None = None
     map_file: Path | None = None  # kind "map": a YAML/JSON {"from class": "to class"} file
     mapping: dict[str, str] | None = None  # kind "map": the same map given directly
+    human: str | None = None  # kind "human": a label set of CIFAR-10N/100N (aggre, worst, …)
+    human_file: Path | None = None  # kind "human": the label file (default: where download puts it)
 
     def validate(self) -> None:
         """Refuse impossible settings in one line."""
         noise.get(self.kind)
-        if self.kind == "map":
+        if self.kind != "human" and (self.human is not None or self.human_file is not None):
+            raise UsageError("--human-labels belongs to --human, which names the label set")
+        if self.kind == "human":
+            if not self.human:
+                raise UsageError("human noise needs a label set (--human NAME, e.g. aggre)")
+            if self.rate is not None:
+                raise UsageError("human labels have no rate: the annotators' errors are the noise")
+        elif self.kind == "map":
             if self.map_file is None and not self.mapping:
                 raise UsageError("map noise needs a class map (--map FILE)")
             rate = 1.0 if self.rate is None else self.rate
@@ -46,17 +56,21 @@ class CorruptOptions:
 
 
 def choose_noise(
-    sym: float | None, pair: float | None, map_file: Path | None, idn: float | None
+    sym: float | None,
+    pair: float | None,
+    map_file: Path | None,
+    idn: float | None,
+    human: str | None = None,
 ) -> tuple[str, float | None]:
-    """The one noise type given among --sym/--pair/--map/--idn (none when no flag is set)."""
-    given = [("sym", sym), ("pair", pair), ("map", map_file), ("idn", idn)]
+    """The one noise type given among --sym/--pair/--map/--idn/--human (none when none is set)."""
+    given = [("sym", sym), ("pair", pair), ("map", map_file), ("idn", idn), ("human", human)]
     given = [(n, v) for n, v in given if v is not None]
     if len(given) > 1:
         raise UsageError(f"choose one noise type, got {' and '.join('--' + n for n, _ in given)}")
     if not given:
         return "none", None
     name, value = given[0]
-    return name, (None if name == "map" else float(value))
+    return name, (None if name in ("map", "human") else float(value))
 
 
 def read_class_map(path: Path, classnames: list[str]) -> dict[int, int]:
@@ -99,6 +113,72 @@ def format_rates(rates: list[float], classnames: list[str]) -> str:
     return ", ".join(parts)
 
 
+@dataclass
+class _Human:
+    """A CIFAR-N label file chosen for a features artifact: where it is and what it labels."""
+
+    spec: Any  # datasets.cifar.HumanLabels
+    label_set: str
+    file: Path
+    sha256: str
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "key": self.spec.sets[self.label_set],
+            "file": str(self.file.resolve()),
+            "sha256": self.sha256,
+        }
+
+    def labels(self, train_labels: Any) -> Any:
+        """The set's labels, once the file's clean labels are checked to be the features'."""
+        from nlp_cli.datasets import cifar
+
+        h = self.spec
+        arrays = cifar.load_human_labels(self.file, h)
+        clean = arrays[h.clean_key]
+        n, m = len(train_labels), len(clean)
+        if n != m:
+            raise UsageError(
+                f"these features hold {n} training images, {h.name} labels {m} (all of "
+                f"{h.dataset}'s, in the pickles' order): embed {h.dataset} whole (no images "
+                "skipped) and sample shots with `nlp corrupt --shots K` instead"
+            )
+        wrong = int((clean != train_labels).sum())
+        if wrong:
+            raise UsageError(
+                f"the features' training labels differ from {h.name}'s clean labels at {wrong} "
+                f"of {n} images: these features are not {h.dataset}'s training set in the "
+                f"pickles' order (as `nlp download {h.dataset}` writes it)"
+            )
+        return arrays[h.sets[self.label_set]]
+
+
+def _human_source(feats: Any, opts: CorruptOptions) -> _Human:
+    """The label file for `--human`, checked to fit the features' dataset and class count."""
+    from nlp_cli.datasets import CATALOG, cifar
+    from nlp_cli.datasets import download as dl
+    from nlp_cli.home import data_dir
+
+    h = cifar.human_for(feats.meta.get("dataset"), str(opts.human))
+    if len(feats.classnames) != h.num_classes:
+        raise UsageError(
+            f"{h.name} labels {h.num_classes} classes, these features have {len(feats.classnames)}"
+        )
+    if opts.human_file is not None:
+        file = Path(opts.human_file)
+        if not file.is_file():
+            raise UsageError(f"--human-labels {file}: no such file")
+    else:
+        file = data_dir() / CATALOG[h.name].folder / h.filename
+        if not file.is_file():
+            raise NlpError(
+                f"{h.name} is not downloaded ({file} is missing): run `nlp download {h.name}` "
+                "or pass the file with --human-labels"
+            )
+    return _Human(h, str(opts.human), file, dl.check_pin(file))
+
+
 def make_labelset(
     features: Path | str, opts: CorruptOptions | None = None, out: Path | None = None
 ) -> StageResult:
@@ -126,17 +206,22 @@ def make_labelset(
         kwargs["rate"] = opts.rate
     if opts.kind == "none":
         desc_rate = None
-    options = {
+    options: dict[str, Any] = {
         "type": opts.kind,
         "rate": desc_rate,
         "seed": opts.seed,
         "shots": opts.shots,
         "map": named,
     }
+    human = _human_source(feats, opts) if opts.kind == "human" else None
+    if human is not None:
+        options["human"] = {"set": opts.human, "sha256": human.sha256}
     key = artifacts.cache_key("labelset", {"features": feats.digest}, options)
     stem = f"{feats.meta.get('dataset') or path.stem}-{opts.kind}"
     if desc_rate is not None:
         stem += f"{desc_rate:g}"
+    if human is not None:
+        stem += f"-{opts.human}"
     stem += f"-s{opts.seed}" + (f"-{opts.shots}shot" if opts.shots else "")
     target = Path(out) if out is not None else artifacts.default_out("labelset", stem, key)
     artifacts.check_output(target, [path])
@@ -147,6 +232,8 @@ def make_labelset(
     train_labels = feats.tensors["train.labels"].long()
     if opts.kind == "idn":
         kwargs["features"] = feats.tensors["train.features"].float()
+    if human is not None:
+        kwargs["given"] = human.labels(train_labels)
     index, noisy, short = noise.corrupt(
         opts.kind,
         train_labels,
@@ -175,6 +262,10 @@ def make_labelset(
         "actual_rate": n_noisy / n if n else 0.0,
         "per_class_rate": [None if math.isnan(r) else r for r in rates],
     }
+    if human is not None:
+        # Measured, not chosen: the annotators' confusions between true and given class.
+        noise_meta["transition"] = transition.tolist()
+        noise_meta["human"] = {**human.describe(), "set": opts.human}
     result.notes.append(
         f"{opts.kind} noise: {n_noisy} of {n} training labels changed "
         f"(actual rate {noise_meta['actual_rate']:.4f})"

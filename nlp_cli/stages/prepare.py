@@ -36,6 +36,17 @@ def download_model(
     return StageResult(dl.fetch_model(name, progress=on_progress), {"model": name})
 
 
+def download_open_clip(model: str, pretrained: str) -> StageResult:
+    """Fetch open_clip weights `pretrained` (a tag) of `model` (open_clip:ARCH) into
+    NLP_HOME/models/open_clip/ARCH/TAG; the result's path is the file."""
+    from nlp_cli import clip_model
+    from nlp_cli.datasets import download as dl
+
+    arch, weights = clip_model.split_ref(clip_model.model_ref(model, pretrained))
+    path = dl.fetch_open_clip(arch, weights)
+    return StageResult(path, {"model": model, "pretrained": pretrained})
+
+
 def embed(
     dataset: str,
     model: str,

@@ -114,8 +114,10 @@ def make_partition(
     opts: PurifyOptions | None = None,
     out: Path | None = None,
     report: Path | None = None,
+    on_progress: purifiers.Progress | None = None,
 ) -> StageResult:
-    """Purify a label set (or re-purify a partition); with `report`, also a CSV of suspects."""
+    """Purify a label set (or re-purify a partition); with `report`, also a CSV of suspects.
+    `on_progress(iteration, max_iterations, error)` follows PromptOT's Sinkhorn iterations."""
     from nlp_cli import clip_model
 
     opts = opts or PurifyOptions()
@@ -131,7 +133,10 @@ def make_partition(
     options = {"method": spec.name, **purifier_opts}
     if opts.template is not None:
         options["template"] = opts.template
-    key = artifacts.cache_key("partition", upstream, options)
+    # The algorithm version is part of the key: a partition that an older purifier made is
+    # recomputed, not served.
+    version = {"algorithm_version": purifiers.ALGORITHM_VERSION}
+    key = artifacts.cache_key("partition", upstream, {**options, **version})
     target = (
         Path(out)
         if out is not None
@@ -156,13 +161,10 @@ def make_partition(
     )
     text = text_prototypes(feats, loaded, opts.prompt, opts.template)
     given, true = data.labels, data.true_labels
+    # The stored (float16) features: the purifiers upcast them a chunk at a time.
+    x, text = data.train_features, text.float().cpu()
     verdict = purifiers.purify(
-        opts.method,
-        data.train_features.float(),
-        text.float().cpu(),
-        given,
-        loaded.logit_scale,
-        **purifier_opts,
+        opts.method, x, text, given, loaded.logit_scale, on_progress=on_progress, **purifier_opts
     )
     if verdict.info.get("converged") is False:
         result.notes.append(
@@ -170,10 +172,8 @@ def make_partition(
             f"(marginal error {verdict.info['marginal_error']:.2g})"
         )
     det = detection.detection_metrics(verdict.clean, verdict.scores, given, true)
-    probs = purifiers.class_logits(
-        data.train_features.float(), text.float().cpu(), loaded.logit_scale
-    )
-    trust = cl.find_label_issues(probs.softmax(dim=-1), given, data.train_features.float())
+    probs = purifiers.class_probs(x, text, loaded.logit_scale)
+    trust = cl.find_label_issues(probs, given, x.float())
     result.warnings += trust.warnings
     result.notes.append(
         f"confident learning estimates {trust.num_issues} wrong labels of {len(given)} "
@@ -208,7 +208,7 @@ def make_partition(
         "upstream": {"labelset": ls.ref(), "features": feats.ref()},
         "noise": ls.meta.get("noise"),
         "method": spec.name,
-        "purifier": {"name": spec.name, **verdict.info.get("options", {}), **info},
+        "purifier": {"name": spec.name, **verdict.info.get("options", {}), **info, **version},
         "detection": det,
         "label_issues": {"num_label_issues": trust.num_issues, "warnings": trust.warnings},
         "key": key,

@@ -19,9 +19,9 @@ from nlp_cli.stages.result import StageResult
 COOP_SUFFIXES = (".pth", ".tar", ".pt")
 
 
-def environment(device: str, precision: str | None) -> dict[str, Any]:
-    """What ran a training run: versions, device, precision and threads (a number can be
-    reproduced from its file alone)."""
+def environment(device: str, precision: str | None, step: str | None = None) -> dict[str, Any]:
+    """What ran a training run: versions, device, precision, threads and whether the step ran
+    compiled (a number can be reproduced from its file alone)."""
     import platform
 
     import torch
@@ -37,6 +37,8 @@ def environment(device: str, precision: str | None) -> dict[str, Any]:
         "precision": precision,
         "threads": torch.get_num_threads(),
     }
+    if step is not None:
+        env["step"] = step
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
@@ -167,6 +169,7 @@ def _zipped(inputs: list[Path], losses: list[Any], seeds: list[Any]) -> list[tup
 
 def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
     """Every run's data, configuration, cache key and target, checked before any training."""
+    from nlp_cli import clip_model
     from nlp_cli import train as lib
 
     if not inputs:
@@ -233,6 +236,9 @@ def plan_runs(inputs: list[Path], opts: TrainOptions) -> list[_Run]:
             raise UsageError(f"two runs would write {target}: give each run its own --out")
         hit = artifacts.cached(target, key, "prompt")
         run = _Run(td, cfg, init_ctx, upstream, options, key, target, hit)
+        slow_bf16 = None if hit else clip_model.bf16_warning(cfg.device, cfg.precision)
+        if slow_bf16 is not None and i == 0:
+            run.warnings.append(slow_bf16)
         no_views = "train.views" not in td.features.tensors and cfg.augment == "views"
         if proto is not None and no_views and not hit:
             run.warnings.append(
@@ -259,6 +265,7 @@ def _needs_purifying(cfg: Any, data: Any) -> bool:
 
 
 EpochCallback = Callable[[int, str, dict[str, Any], Any], None]
+StepCallback = Callable[[int, int, int, int], None]
 
 
 def train_prompts(
@@ -267,12 +274,14 @@ def train_prompts(
     on_epoch: EpochCallback | None = None,
     on_checkpoint: Callable[[], None] | None = None,
     on_info: Callable[[str], None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> list[StageResult]:
     """Train every requested run (cached ones are not retrained); one result per run, in order.
 
     `on_epoch(run, label, record, config)` follows each run's epochs; `on_checkpoint()` runs
     after each epoch's checkpoint is on disk; `on_info(line)` hears which device and precision
-    run before the work starts.
+    run before the work starts; `on_step(epoch, step, steps, epochs)` follows the optimiser
+    steps of the runs training together (`epochs`: the most any of them trains).
     """
     from nlp_cli import checkpoints, clip_model
     from nlp_cli.evaluate import last_k_mean
@@ -305,7 +314,7 @@ def train_prompts(
             )
         said = f"training on {group[0].config.device} ({group[0].config.precision})"
         start = (lambda line=said: on_info(line)) if on_info is not None else None
-        _train_group(group, loaded, opts, on_epoch, on_checkpoint, notes, runs, start)
+        _train_group(group, loaded, opts, on_epoch, on_checkpoint, notes, runs, start, on_step)
     results = []
     for r in runs:
         history = artifacts.read_meta(r.target).get("history") or []
@@ -343,6 +352,7 @@ def _train_group(
     notes: dict[int, list[str]],
     runs: list[_Run],
     on_start: Callable[[], None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> None:
     """Train a group together and write each run's prompt file (and its checkpoint meanwhile)."""
     from nlp_cli import checkpoints
@@ -355,6 +365,9 @@ def _train_group(
             r = group[i]
             on_epoch(runs.index(r), r.label if len(group) > 1 else "", record, r.config)
 
+    epochs = max(r.config.epochs for r in group)
+    step = None if on_step is None else (lambda e, s, n: on_step(e, s, n, epochs))
+
     results = lib.train_many(
         [r.data for r in group],
         [r.config for r in group],
@@ -366,6 +379,8 @@ def _train_group(
         on_epoch=progress,
         on_checkpoint=on_checkpoint,
         on_start=on_start,
+        on_step=step,
+        on_warning=group[0].warnings.append,
     )
     for r, result, ckpt in zip(group, results, ckpts, strict=True):
         if result.info.get("resumed_at"):
@@ -384,7 +399,7 @@ def _train_group(
             "history": result.history,
             "protocol": r.options.get("protocol"),
             "config": dataclasses.asdict(result.config),
-            "environment": environment(r.config.device, r.config.precision),
+            "environment": environment(r.config.device, r.config.precision, result.info["step"]),
         }
         artifacts.save(r.target, "prompt", {"ctx": result.ctx}, meta)
         ckpt.unlink(missing_ok=True)
