@@ -84,11 +84,14 @@ class PromptLearner(nn.Module):
             )
         texts = [f"{prefix_text} {n}." for n in names]
         self.register_buffer("tokenized", clip_model.tokenize(texts, model).to(device))
+        # Frozen parts of every prompt: [SOS] and everything after the context, each looked up
+        # alone (the [C, 77, width] embedding of all tokens would be ~3 GB at 21 000 classes).
         with torch.no_grad():
-            embedding = model.token_embedding(self.tokenized).to(dtype)
-        # Frozen parts of every prompt: [SOS] and everything after the context.
-        self.register_buffer("token_prefix", embedding[:, :1, :].clone())
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :, :].clone())
+            for name, tokens in (
+                ("token_prefix", self.tokenized[:, :1]),
+                ("token_suffix", self.tokenized[:, 1 + n_ctx :]),
+            ):
+                self.register_buffer(name, model.token_embedding(tokens).to(dtype))
 
     def class_ctx(self) -> torch.Tensor:
         """Context as [C, n_ctx, width], whether shared or class-specific."""
@@ -98,13 +101,19 @@ class PromptLearner(nn.Module):
 
     def forward(self) -> torch.Tensor:
         """Prompt token embeddings, [C, 77, width]."""
-        ctx = self.class_ctx()
-        prefix, suffix = self.token_prefix, self.token_suffix
+        return self.prompt_rows(slice(None), self.tokenized.shape[1])
+
+    def prompt_rows(self, classes: slice, length: int) -> torch.Tensor:
+        """The first `length` token embeddings of the prompts of `classes`, [C', length, width]
+        (forward()[classes, :length] without building the rest)."""
+        ctx = self.class_ctx()[classes]
+        prefix, suffix = self.token_prefix[classes], self.token_suffix[classes]
         if self.position == "end":
-            return torch.cat([prefix, ctx, suffix], dim=1)
+            rest = suffix[:, : max(length - 1 - self.n_ctx, 0)]
+            return torch.cat([prefix, ctx, rest], dim=1)[:, :length]
         prompts = []
         half = self.n_ctx // 2
-        for i, name_len in enumerate(self.name_lens):
+        for i, name_len in enumerate(self.name_lens[classes]):
             cls_i = suffix[i : i + 1, :name_len]
             rest_i = suffix[i : i + 1, name_len:]
             ctx_i = ctx[i : i + 1]
@@ -112,7 +121,7 @@ class PromptLearner(nn.Module):
                 parts = [prefix[i : i + 1], ctx_i[:, :half], cls_i, ctx_i[:, half:], rest_i]
             else:
                 parts = [prefix[i : i + 1], cls_i, ctx_i, rest_i]
-            prompts.append(torch.cat(parts, dim=1))
+            prompts.append(torch.cat(parts, dim=1)[:, :length])
         return torch.cat(prompts, dim=0)
 
 
@@ -197,18 +206,38 @@ def shared_prefix_len(learner: PromptLearner) -> int:
     return 0
 
 
-def text_features(model: Any, learner: PromptLearner) -> torch.Tensor:
+# Classes per chunk when text_features_many chunks by itself (more than CHUNK_ABOVE classes):
+# a chunk's suffix activations are what lives at once, so memory stops growing with C, while
+# each chunk still fills the GEMMs (256 classes × ~8 suffix tokens ≈ 2000 rows).
+CHUNK_ABOVE = 512
+CHUNK = 256
+
+
+def resolve_chunk(n_cls: int, class_chunk: int | None) -> int:
+    """Classes per encoder chunk: class_chunk > 0 as given, 0 = all at once, None = automatic
+    (CHUNK above CHUNK_ABOVE classes, else all at once)."""
+    if class_chunk is None:
+        return CHUNK if n_cls > CHUNK_ABOVE else max(n_cls, 1)
+    if isinstance(class_chunk, bool) or not isinstance(class_chunk, int) or class_chunk < 0:
+        raise UsageError(f"--class-chunk must be a whole number ≥ 0, got {class_chunk!r}")
+    return class_chunk or max(n_cls, 1)
+
+
+def text_features(
+    model: Any, learner: PromptLearner, class_chunk: int | None = None
+) -> torch.Tensor:
     """The same features as plain_text_features, [C, embed_dim], computed cheaply.
 
     Exact savings (SPEC §6): positions after a prompt's EOT are never read by a causal encoder,
     so the per-token layers run only on each class's tokens up to its own EOT (packed, no
     padding); a prefix shared by all prompts has the same hidden states in every class, so it
-    runs once and the class suffixes attend to its keys and values; the last layer runs only at
-    the EOT position; the frozen weights are detached, so only ctx gets gradients. A text tower
-    these savings do not hold for (clip_model.fast_text: non-causal, pooling elsewhere than at
-    the EOT token) runs plain_text_features instead.
+    runs once and the class suffixes attend to its one copy of keys and values; the last layer
+    runs only at the EOT position; the frozen weights are detached, so only ctx gets gradients.
+    Classes go through in chunks of `class_chunk` (resolve_chunk), each recomputed in backward.
+    A text tower these savings do not hold for (clip_model.fast_text: non-causal, pooling
+    elsewhere than at the EOT token) runs plain_text_features instead.
     """
-    return text_features_many(model, [learner])[0]
+    return text_features_many(model, [learner], class_chunk)[0]
 
 
 def check_batchable(learners: Sequence[PromptLearner]) -> None:
@@ -228,8 +257,104 @@ def check_batchable(learners: Sequence[PromptLearner]) -> None:
             )
 
 
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, w = t.shape
+    return t.reshape(b, n, heads, w // heads).transpose(1, 2)
+
+
+def _attend_prefixed(blk: Any, q, k, v, kp, vp, mask: torch.Tensor, runs: int) -> torch.Tensor:
+    """Attention of suffix queries q [R·C, h, t, d] over one shared prefix copy kp, vp
+    [R, h, p, d] (run r's classes see run r's) followed by their own keys k, v [R·C, h, s, d]
+    under `mask` (True = attend), with one softmax over both.
+
+    The classes are folded into the query rows of one product per run and head, so the prefix's
+    keys and values are read where they are, never copied per class.
+    """
+    rc, h, t, d = q.shape
+    n_cls, p = rc // runs, kp.shape[2]
+    scale = d**-0.5
+    folded = q.reshape(runs, n_cls, h, t, d).transpose(1, 2).reshape(runs, h, n_cls * t, d)
+    sp = (folded @ kp.transpose(-1, -2)).reshape(runs, h, n_cls, t, p).transpose(1, 2)
+    ss = (q @ k.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
+    scores = torch.cat([sp.reshape(rc, h, t, p), ss], dim=-1) * scale
+    # Softmax in float32 whatever the dtype, as the fused kernels accumulate.
+    w = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    wp = w[..., :p].reshape(runs, n_cls, h, t, p).transpose(1, 2).reshape(runs, h, n_cls * t, p)
+    op = (wp @ vp).reshape(runs, h, n_cls, t, d).transpose(1, 2).reshape(rc, h, t, d)
+    out = (op + w[..., p:] @ v).transpose(1, 2).reshape(rc, t, h * d)
+    proj = blk.attn.out_proj
+    return _scaled(blk, "ls_1", _linear(proj.weight, proj.bias, out, runs))
+
+
+def _prefix_pass(blocks: list, hp: torch.Tensor, p: int, heads: int, runs: int) -> list:
+    """Keys and values [R, h, p, d] of the shared prefix in every layer, computed once."""
+    kvs = []
+    for i, blk in enumerate(blocks):
+        qp, kp, vp = _qkv(blk, _layer_norm(blk.ln_1, hp), heads, runs)
+        kvs += [kp[:, :, :p], vp[:, :, :p]]
+        if i < len(blocks) - 1:
+            hp = hp + _attend(blk, qp, kp, vp, None, runs, True)
+            hp = hp + _mlp(blk, hp, runs)
+    return kvs
+
+
+def _suffix_pass(
+    model: Any, x: torch.Tensor, plan: PackPlan, *prefix_kvs: torch.Tensor
+) -> torch.Tensor:
+    """Features [R, C', embed_dim] of the plan's C' classes from their suffixes x [R·C', s, W]
+    (run-major), each row computed up to its own EOT, attending to the prefix keys/values."""
+    blocks = list(model.transformer.resblocks)
+    heads = blocks[0].attn.num_heads
+    runs, n_cls, width = plan.runs, plan.classes, x.shape[-1]
+    s = plan.length - plan.prefix
+    valid_at, eot_at = plan.valid_at, plan.eot_at
+    prefixed = bool(prefix_kvs)
+
+    def packed(t: torch.Tensor) -> torch.Tensor:
+        # [R·C', s, …] → the valid positions only, [V, …]
+        return t.flatten(0, 1).index_select(0, valid_at)
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        out = t.new_zeros(runs * n_cls * s, t.shape[-1])
+        return out.index_copy(0, valid_at, t).reshape(runs * n_cls, s, t.shape[-1])
+
+    hv = packed(x)
+    for i, blk in enumerate(blocks):
+        attn = blk.attn
+        w_in, b_in = attn.in_proj_weight, attn.in_proj_bias
+        last = i == len(blocks) - 1
+        a = _layer_norm(blk.ln_1, hv)
+        if last:
+            kv = padded(_linear(w_in[width:], b_in[width:], a, runs))
+            q = _linear(w_in[:width], b_in[:width], a[eot_at], runs)[:, None]
+            m = plan.eot_mask
+        else:
+            qkv = padded(_linear(w_in, b_in, a, runs))
+            q, kv = qkv[..., :width], qkv[..., width:]
+            m = plan.mask
+        k, v = (_heads(t, heads) for t in kv.chunk(2, dim=-1))
+        q = _heads(q, heads)
+        if prefixed:
+            kp, vp = prefix_kvs[2 * i], prefix_kvs[2 * i + 1]
+            att = _attend_prefixed(blk, q, k, v, kp, vp, m, runs)
+        else:
+            att = _attend(blk, q, k, v, m, runs)
+        if last:
+            h = hv[eot_at][:, None] + att
+            h = h + _mlp(blk, h, runs)
+            final = _layer_norm(model.ln_final, h[:, 0])
+            out = _linear(model.text_projection.T, None, final, runs)
+            return out.reshape(runs, n_cls, -1)
+        hv = hv + packed(att)
+        hv = hv + _mlp(blk, hv, runs)
+    raise ValueError("the text transformer has no layers")
+
+
 def text_features_many(
-    model: Any, learners: Sequence[PromptLearner], core: Callable[..., torch.Tensor] | None = None
+    model: Any,
+    learners: Sequence[PromptLearner],
+    class_chunk: int | None = None,
+    core: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """text_features of R prompts over the same classes in one encoder pass: [R, C, embed_dim].
 
@@ -237,22 +362,42 @@ def text_features_many(
     prefix runs once and only its own classes attend to it. Prompt r's rows depend on prompt
     r's ctx alone, so a loss summed over the R prompts gives each ctx its own gradient.
     `core` replaces `encode_packed` (the same function under torch.compile, say).
+
+    With more classes than one chunk (resolve_chunk), the classes go through the whole tower
+    one chunk at a time, each chunk through `core` with its own plan (pack_plans); under
+    autograd each chunk is checkpointed (its activations are dropped and recomputed in
+    backward), so one chunk's activations live at once and the gradients are those of the
+    whole pass.
     """
     if not learners:
         raise ValueError("no prompts to encode")
     check_batchable(learners)
     if not clip_model.fast_text(model):
         return torch.stack([plain_text_features(model, learner) for learner in learners])
-    plan = pack_plan(learners[0], len(learners))
-    prompts = torch.cat([learner()[:, : plan.length] for learner in learners])
-    return (core or encode_packed)(model, prompts, plan)
+    encoder = core or encode_packed
+    plans = pack_plans(learners[0], len(learners), class_chunk)
+
+    def encode(plan: PackPlan) -> torch.Tensor:
+        return encoder(model, plan_prompts(learners, plan), plan)
+
+    if len(plans) == 1:
+        return encode(plans[0])
+    from torch.utils.checkpoint import checkpoint
+
+    tracked = torch.is_grad_enabled()
+    outs = [
+        checkpoint(encode, plan, use_reentrant=False) if tracked else encode(plan) for plan in plans
+    ]
+    return torch.cat(outs, dim=1)
 
 
 @dataclass(frozen=True)
 class PackPlan:
     """Where each prompt's tokens sit in the packed encoder batch; a function of the class
     names and the layout alone (the same every step), so the encoder's shapes never depend on
-    data: `valid_at` lists the packed suffix positions, `eot_at` each row's EOT among them."""
+    data: `valid_at` lists the packed suffix positions, `eot_at` each row's EOT among them,
+    `mask` is the causal mask among suffix positions [s, s] and `eot_mask` each EOT query's
+    row of it. A plan covers `classes` classes from class `first` on (one chunk, or all)."""
 
     runs: int
     classes: int
@@ -262,94 +407,72 @@ class PackPlan:
     eot_at: torch.Tensor
     mask: torch.Tensor
     eot_mask: torch.Tensor
+    first: int = 0
 
 
-def pack_plan(learner: PromptLearner, runs: int) -> PackPlan:
-    """The packing of `runs` prompts laid out as `learner` (see PackPlan)."""
-    n_cls = learner.n_cls
-    eot = learner.tokenized.argmax(dim=-1)
+def pack_plan(learner: PromptLearner, runs: int, classes: slice | None = None) -> PackPlan:
+    """The packing of `runs` prompts laid out as `learner` (see PackPlan), over the classes
+    `classes` (a contiguous slice; all by default). The shared prefix is the whole learner's,
+    so every chunk's plan holds the same prefix."""
+    all_eot = learner.tokenized.argmax(dim=-1)
+    lo, hi, _ = (classes or slice(None)).indices(learner.n_cls)
+    eot = all_eot[lo:hi]
     device = eot.device
     length = int(eot.max()) + 1
-    p = min(shared_prefix_len(learner), int(eot.min()))
+    p = min(shared_prefix_len(learner), int(all_eot.min()))
     s = length - p
     rows = (eot - p).to(device).repeat(runs)
     # Suffix position j of row (run, class) is computed iff it is at or before that class's EOT.
     valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
-    mask = torch.ones(s, p + s, dtype=torch.bool, device=device)
-    mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    mask = torch.ones(s, s, dtype=torch.bool, device=device).tril()
     return PackPlan(
         runs=runs,
-        classes=n_cls,
+        classes=hi - lo,
         length=length,
         prefix=p,
         valid_at=valid.flatten().nonzero().flatten(),
         eot_at=torch.cumsum(valid.sum(dim=1), dim=0) - 1,
         mask=mask,
         eot_mask=mask[rows][:, None, None],
+        first=lo,
     )
 
 
+def pack_plans(learner: PromptLearner, runs: int, class_chunk: int | None = None) -> list:
+    """One PackPlan per chunk of classes (resolve_chunk), in class order."""
+    n_cls = learner.n_cls
+    chunk = resolve_chunk(n_cls, class_chunk)
+    if chunk >= n_cls:
+        return [pack_plan(learner, runs)]
+    return [pack_plan(learner, runs, slice(lo, lo + chunk)) for lo in range(0, n_cls, chunk)]
+
+
+def plan_prompts(learners: Sequence[PromptLearner], plan: PackPlan) -> torch.Tensor:
+    """The prompt embeddings the plan packs, [R·C', length, width] (run-major)."""
+    span = slice(plan.first, plan.first + plan.classes)
+    return torch.cat([learner.prompt_rows(span, plan.length) for learner in learners])
+
+
 def encode_packed(model: Any, prompts: torch.Tensor, plan: PackPlan) -> torch.Tensor:
-    """The text tower on R·C prompt embeddings [R·C, length, width] packed as `plan` says:
-    [R, C, embed_dim]. Every shape here follows from the plan, none from tensor values."""
-    n_runs, n_cls, p = plan.runs, plan.classes, plan.prefix
+    """The text tower on R·C' prompt embeddings [R·C', length, width] packed as `plan` says:
+    [R, C', embed_dim]. Every shape here follows from the plan, none from tensor values.
+
+    The shared prefix (the first class's of each run) runs once per run, and the suffixes
+    attend to its one copy of keys and values."""
+    n_cls, p = plan.classes, plan.prefix
     blocks = list(model.transformer.resblocks)
+    if not blocks:
+        raise ValueError("the text transformer has no layers")
     heads = blocks[0].attn.num_heads
     x = prompts + model.positional_embedding[: plan.length].detach().to(prompts.dtype)
-    _, _, width = x.shape
-    s = plan.length - p
-    valid_at, eot_at, mask = plan.valid_at, plan.eot_at, plan.mask
-    # The prefix gets zero rows up to a multiple of 4; under causal attention they never reach
-    # a real position, and batched attention then rounds each prompt's prefix as it would alone.
-    hp = F.pad(x[::n_cls, :p], (0, 0, 0, -p % 4)) if p else None
-
-    def packed(t: torch.Tensor) -> torch.Tensor:
-        # [R·C, s, …] → the valid positions only, [V, …]
-        return t.flatten(0, 1).index_select(0, valid_at)
-
-    def heads_of(t: torch.Tensor) -> torch.Tensor:
-        b, n, _ = t.shape
-        return t.reshape(b, n, heads, width // heads).transpose(1, 2)
-
-    def padded(t: torch.Tensor) -> torch.Tensor:
-        out = t.new_zeros(n_runs * n_cls * s, t.shape[-1])
-        return out.index_copy(0, valid_at, t).reshape(n_runs * n_cls, s, t.shape[-1])
-
-    def per_class(t: torch.Tensor) -> torch.Tensor:
-        # [R, heads, p, d] → [R·C, heads, p, d]: every class of run r sees run r's prefix.
-        return t[:, None].expand(-1, n_cls, -1, -1, -1).flatten(0, 1)
-
-    hv = packed(x[:, p:])
-    runs = n_runs
-    for i, blk in enumerate(blocks):
-        attn = blk.attn
-        w_in, b_in = attn.in_proj_weight, attn.in_proj_bias
-        last = i == len(blocks) - 1
-        a = _layer_norm(blk.ln_1, hv)
-        if last:
-            kv = _linear(w_in[width:], b_in[width:], a, runs)
-            q = _linear(w_in[:width], b_in[:width], a[eot_at], runs)[:, None]
-        else:
-            qkv = padded(_linear(w_in, b_in, a, runs))
-            q, kv = qkv[..., :width], qkv[..., width:]
-        k, v = (heads_of(t) for t in (padded(kv) if last else kv).chunk(2, dim=-1))
-        if hp is not None:
-            qp, kp, vp = _qkv(blk, _layer_norm(blk.ln_1, hp), heads, runs)
-            k = torch.cat([per_class(kp[:, :, :p]), k], dim=2)
-            v = torch.cat([per_class(vp[:, :, :p]), v], dim=2)
-        if last:
-            att = _attend(blk, heads_of(q), k, v, plan.eot_mask, runs)
-            h = hv[eot_at][:, None] + att
-            h = h + _mlp(blk, h, runs)
-            final = _layer_norm(model.ln_final, h[:, 0])
-            out = _linear(model.text_projection.T, None, final, runs)
-            return out.reshape(n_runs, n_cls, -1)
-        hv = hv + packed(_attend(blk, heads_of(q), k, v, mask, runs))
-        hv = hv + _mlp(blk, hv, runs)
-        if hp is not None:
-            hp = hp + _attend(blk, qp, kp, vp, None, runs, True)
-            hp = hp + _mlp(blk, hp, runs)
-    raise ValueError("the text transformer has no layers")
+    prefix_kvs: list[torch.Tensor] = []
+    if p:
+        # The prefix gets zero rows up to a multiple of 4; under causal attention they never
+        # reach a real position, and batched attention then rounds each prompt's prefix as it
+        # would alone.
+        hp = F.pad(x[::n_cls, :p], (0, 0, 0, -p % 4))
+        prefix_kvs = _prefix_pass(blocks, hp, p, heads, plan.runs)
+    return _suffix_pass(model, x[:, p:], plan, *prefix_kvs)
 
 
 def learner_from_artifact(

@@ -30,7 +30,14 @@ from nlp_cli.checkpoints import (  # noqa: F401  (re-exported: the old home of t
 from nlp_cli.data import TrainData, load_data  # noqa: F401  (re-exported)
 from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
 from nlp_cli.methods import epoch_seed
-from nlp_cli.prompt import POSITIONS, PromptLearner, encode_packed, pack_plan, text_features_many
+from nlp_cli.prompt import (
+    POSITIONS,
+    PromptLearner,
+    encode_packed,
+    pack_plans,
+    plan_prompts,
+    text_features_many,
+)
 
 TARGETS = ("labels", "zero-shot")
 REPURIFY = ("none", "epoch")
@@ -69,6 +76,9 @@ class TrainConfig:
     ctx_init: str | None = None
     csc: bool = False
     class_token_position: str = "end"
+    # Classes per text-encoder chunk, each recomputed in backward (prompt.resolve_chunk): None
+    # = automatic (chunks of 256 above 512 classes), 0 = all classes at once.
+    class_chunk: int | None = None
     targets: str = "labels"
     # views: each epoch draws one of the features' cached augmented views (center crop without
     # them); online: fresh CoOp augmentations through the image encoder every epoch; none:
@@ -122,6 +132,8 @@ class TrainConfig:
         out.update({k: self.knobs.get(k) for k in losses.knob_names()})
         if self.method == "standard":
             out.pop("method")
+        if self.class_chunk is None:
+            out.pop("class_chunk")
         for name in methods.list_methods():
             if name != self.effective_method:
                 for setting in methods.get(name).settings:
@@ -145,6 +157,8 @@ class TrainConfig:
         ints += ("joapr_average", "joapr_views")
         if self.joapr_warmup is not None:
             ints += ("joapr_warmup",)
+        if self.class_chunk is not None:
+            ints += ("class_chunk",)
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -161,6 +175,10 @@ class TrainConfig:
                 raise UsageError(f"--{name} must be true or false, got {getattr(self, name)!r}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must lie in [0, 2**63), got {self.seed}")
+        if self.class_chunk is not None and self.class_chunk < 0:
+            raise UsageError(
+                f"--class-chunk must be 0 (all at once) or more, got {self.class_chunk}"
+            )
         if self.epochs < 1 or self.batch_size < 1 or self.n_ctx < 1:
             raise UsageError("--epochs, --batch-size and --n-ctx must be at least 1")
         if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.warmup_lr < 0:
@@ -348,6 +366,7 @@ BATCHED_ALIKE = (
     "ctx_init",
     "csc",
     "class_token_position",
+    "class_chunk",
 )
 
 
@@ -379,12 +398,12 @@ def compiles_step(setting: str, device: str | torch.device, width: int = 0, step
 class StepEncoder:
     """The training step's text-encoder pass (prompt.text_features_many), eager or compiled.
 
-    Compiled, each new packing (a new number of runs stepping together) is first tried on a
-    detached copy of the prompts, forward and backward, so that a compiler that is missing or
-    fails on an op is found before the step's losses are formed; then, and on any later failure
-    of the compiled pass, the encoder runs eager from there on (the same function) and
-    `on_warning` hears it once. `mode` is torch.compile's: reduce-overhead on CUDA, its default
-    elsewhere.
+    Compiled, each new packing (a new number of runs stepping together; under `class_chunk`,
+    each chunk's) is first tried on a detached copy of the prompts, forward and backward, so
+    that a compiler that is missing or fails on an op is found before the step's losses are
+    formed; then, and on any later failure of the compiled pass, the encoder runs eager from
+    there on (the same function) and `on_warning` hears it once. `mode` is torch.compile's:
+    reduce-overhead on CUDA, its default elsewhere.
     """
 
     def __init__(
@@ -392,9 +411,11 @@ class StepEncoder:
         compiled: bool,
         device: str | torch.device,
         on_warning: Callable[[str], None] | None = None,
+        class_chunk: int | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.on_warning = on_warning
+        self.class_chunk = class_chunk
         self.core: Callable[..., torch.Tensor] | None = None
         self.tried: set[tuple[int, int]] = set()
         self.failure: str | None = None
@@ -432,20 +453,21 @@ class StepEncoder:
                     self.tried.add(key)
                 if self.device.type == "cuda":
                     torch.compiler.cudagraph_mark_step_begin()
-                return text_features_many(model, learners, core=self.core)
+                return text_features_many(model, learners, self.class_chunk, core=self.core)
             except Exception as e:
                 self._fall_back(e)
-        return text_features_many(model, learners)
+        return text_features_many(model, learners, self.class_chunk)
 
     def _probe(self, model: Any, learners: list[PromptLearner]) -> None:
-        plan = pack_plan(learners[0], len(learners))
-        with torch.no_grad():
-            prompts = torch.cat([learner()[:, : plan.length] for learner in learners])
-        prompts.requires_grad_(True)
-        if self.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
-        out = self.core(model, prompts, plan)
-        out.float().sum().backward()
+        # Each chunk's plan (--class-chunk) is a packing of its own shapes: each is tried.
+        for plan in pack_plans(learners[0], len(learners), self.class_chunk):
+            with torch.no_grad():
+                prompts = plan_prompts(learners, plan)
+            prompts.requires_grad_(True)
+            if self.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()
+            out = self.core(model, prompts, plan)
+            out.float().sum().backward()
 
 
 class RunState:
@@ -694,10 +716,11 @@ def train_many(
         datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys
     )
     device, precision = configs[0].device, configs[0].precision
+    chunk = configs[0].class_chunk
     width = int(model.ln_final.weight.shape[0])
     steps = max(r.steps * (r.config.epochs - r.start) for r in runs)
     compiled = compiles_step(configs[0].compile, device, width, steps)
-    encode = StepEncoder(compiled, device, on_warning)
+    encode = StepEncoder(compiled, device, on_warning, chunk)
     if on_start is not None:
         on_start()
     checkpoints = list(checkpoints or [None] * len(runs))
@@ -725,7 +748,7 @@ def train_many(
                 r.scaler.update()
             if on_step is not None:
                 on_step(epoch, step + 1, steps)
-        accs = accuracies(model, [r.learner for r in active], test_x, test_y)
+        accs = accuracies(model, [r.learner for r in active], test_x, test_y, chunk)
         for r, acc in zip(active, accs, strict=True):
             record = r.end_epoch(epoch, acc)
             loss = record["loss"]
@@ -804,10 +827,14 @@ def accuracy(model: Any, learner: PromptLearner, x: torch.Tensor, y: torch.Tenso
 
 @torch.no_grad()
 def accuracies(
-    model: Any, learners: list[PromptLearner], x: torch.Tensor, y: torch.Tensor
+    model: Any,
+    learners: list[PromptLearner],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    class_chunk: int | None = None,
 ) -> list[float]:
     """Top-1 accuracy of each prompt on normalised features `x` (one encoder pass)."""
-    texts = text_features_many(model, learners)
+    texts = text_features_many(model, learners, class_chunk)
     if not len(y):
         return [0.0] * len(learners)
     return [float(((x @ _normalise(t).T).argmax(dim=1) == y).float().mean()) for t in texts]

@@ -48,8 +48,8 @@ def write_images(root: Path, classes: list[str], n: int = 10, size=(24, 20)) -> 
 def test_catalog_has_the_coop_datasets():
     expected = {
         "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-        "fgvc_aircraft", "dtd", "eurosat", "ucf101", "cifar10", "cifar100", "cifar10n", "cifar100n",
-        "shapes", "shapes-fine",
+        "fgvc_aircraft", "dtd", "eurosat", "ucf101", "imagenet", "cifar10", "cifar100", "cifar10n",
+        "cifar100n", "shapes", "shapes-fine",
     }  # fmt: skip
     assert set(datasets.list_datasets()) == expected
     assert datasets.get("caltech-101").name == "caltech101"

@@ -132,3 +132,159 @@ def test_ctx_init_makes_one_shared_context_even_with_csc(tiny):
     assert shared.ctx.dim() == 2 and shared.ctx.shape[0] == 4 and not shared.csc
     random_csc = PromptLearner(tiny, NAMES, n_ctx=4, csc=True)
     assert random_csc.ctx.shape[:2] == (len(NAMES), 4) and random_csc.csc
+
+
+class _Inserted(torch.nn.Module):
+    """token_embedding for CLIP's own encode_text: the learner's prompts (ctx inserted)."""
+
+    def __init__(self, learner):
+        super().__init__()
+        self.learner = learner
+
+    def forward(self, text):
+        assert torch.equal(text, self.learner.tokenized)
+        return self.learner()
+
+
+def _encode_text_reference(model, learner):
+    """CLIP's 77-token encode_text with the context vectors in place of the placeholder words."""
+    from unittest import mock
+
+    with mock.patch.object(model, "token_embedding", _Inserted(learner)):
+        return model.encode_text(learner.tokenized)
+
+
+def _features_and_grad(model, learners, weights, **kw):
+    from nlp_cli.prompt import text_features_many
+
+    feats = text_features_many(model, learners, **kw)
+    loss = sum((F.normalize(f, dim=-1) * w).sum() for f, w in zip(feats, weights, strict=True))
+    grads = torch.autograd.grad(loss, [learner.ctx for learner in learners])
+    return feats.detach(), grads
+
+
+def _rel(a, b):
+    """Largest difference relative to the largest magnitude (float32 rounds at ~6e-8 of it)."""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+MANY = [f"class {'very ' * (i % 4)}number {i}" for i in range(11)]
+
+
+@pytest.mark.parametrize("position,csc", [("end", False), ("middle", False), ("front", True)])
+def test_chunked_equals_unchunked_and_encode_text(tiny, position, csc):
+    """Classes in chunks of 4 (the last one short), two runs: the features and the ctx gradients
+    equal one pass over all classes, and CLIP's own encode_text with ctx inserted."""
+    learners = [
+        PromptLearner(
+            tiny,
+            MANY,
+            n_ctx=5,
+            csc=csc,
+            position=position,
+            generator=torch.Generator().manual_seed(s),
+        )
+        for s in (0, 1)
+    ]
+    g = torch.Generator().manual_seed(3)
+    weights = [torch.randn(len(MANY), 32, generator=g) for _ in learners]
+    whole, g_whole = _features_and_grad(tiny, learners, weights, class_chunk=0)
+    chunked, g_chunked = _features_and_grad(tiny, learners, weights, class_chunk=4)
+    assert _rel(chunked, whole) <= 1e-6
+    for a, b in zip(g_chunked, g_whole, strict=True):
+        assert b.abs().max().item() > 0
+        assert _rel(a, b) <= 1e-6
+    for learner, w, f, grad in zip(learners, weights, chunked, g_chunked, strict=True):
+        ref = _encode_text_reference(tiny, learner)
+        (g_ref,) = torch.autograd.grad((F.normalize(ref, dim=-1) * w).sum(), learner.ctx)
+        assert _rel(f, ref.detach()) <= 1e-5
+        assert _rel(grad, g_ref) <= 1e-5
+
+
+def test_chunked_vit_b16_sized_equals_encode_text(vit_b16_text):
+    learner = PromptLearner(vit_b16_text, MANY[:6], generator=torch.Generator().manual_seed(0))
+    w = [torch.randn(6, 512, generator=torch.Generator().manual_seed(1))]
+    (feats,), (grad,) = _features_and_grad(vit_b16_text, [learner], w, class_chunk=4)
+    whole, (g_whole,) = _features_and_grad(vit_b16_text, [learner], w, class_chunk=0)
+    ref = _encode_text_reference(vit_b16_text, learner)
+    (g_ref,) = torch.autograd.grad((F.normalize(ref, dim=-1) * w[0]).sum(), learner.ctx)
+    assert _rel(feats, whole[0]) <= 1e-6 and _rel(grad, g_whole) <= 1e-6
+    assert _rel(feats, ref.detach()) <= 1e-5 and _rel(grad, g_ref) <= 1e-5
+
+
+def test_chunks_are_recomputed_in_backward(tiny, monkeypatch):
+    """Under autograd a chunked pass keeps no suffix activations: each chunk's forward runs
+    again in backward, one chunk at a time."""
+    from nlp_cli import prompt
+
+    calls: list[int] = []
+    inner = prompt._suffix_pass
+    monkeypatch.setattr(
+        prompt,
+        "_suffix_pass",
+        lambda m, x, plan, *a: calls.append(plan.classes) or inner(m, x, plan, *a),
+    )
+    learner = PromptLearner(tiny, MANY, n_ctx=5)
+    feats = prompt.text_features(tiny, learner, class_chunk=4)
+    assert calls == [4, 4, 3]
+    feats.sum().backward()
+    assert sorted(calls[3:]) == [3, 4, 4]
+    with torch.no_grad():
+        prompt.text_features(tiny, learner, class_chunk=4)
+    assert calls[6:] == [4, 4, 3]
+
+
+def test_core_runs_once_per_chunk_plan(tiny):
+    """A `core` given to text_features_many (the compiled encoder, say) gets each chunk with its
+    own plan and only that chunk's prompts; the features are CLIP's 77-token encoder's."""
+    from nlp_cli import prompt
+
+    seen: list[tuple[int, int, int, int]] = []
+
+    def core(model, prompts, plan):
+        assert prompts.shape[1] == plan.length
+        seen.append((plan.first, plan.classes, prompts.shape[0], plan.eot_at.numel()))
+        return prompt.encode_packed(model, prompts, plan)
+
+    learners = [
+        PromptLearner(tiny, MANY, n_ctx=5, generator=torch.Generator().manual_seed(s))
+        for s in (0, 1)
+    ]
+    with torch.no_grad():
+        got = prompt.text_features_many(tiny, learners, 4, core=core)
+        want = torch.stack([plain_text_features(tiny, learner) for learner in learners])
+    assert seen == [(0, 4, 8, 8), (4, 4, 8, 8), (8, 3, 6, 6)]
+    assert got.shape == want.shape and _rel(got, want) <= 1e-5
+
+
+def test_chunk_resolution():
+    from nlp_cli.errors import UsageError
+    from nlp_cli.prompt import CHUNK, CHUNK_ABOVE, resolve_chunk
+
+    assert resolve_chunk(CHUNK_ABOVE, None) == CHUNK_ABOVE
+    assert resolve_chunk(CHUNK_ABOVE + 1, None) == CHUNK
+    assert resolve_chunk(1000, 0) == 1000
+    assert resolve_chunk(1000, 64) == 64
+    with pytest.raises(UsageError, match="--class-chunk"):
+        resolve_chunk(10, -1)
+
+
+def test_shared_prefix_is_held_once_not_per_class(tiny):
+    """Issue #20: what the pass keeps for backward holds the shared [SOS][ctx] keys/values once;
+    no saved per-class tensor is as large as one layer's prefix copied for every class (C·p·width),
+    as the keys [C, heads, p + s, head_dim] were when the prefix was concatenated per class."""
+    names = [f"c{i}" for i in range(40)]
+    learner = PromptLearner(tiny, names, n_ctx=16)
+    p, width = shared_prefix_len(learner), tiny.ln_final.weight.shape[0]
+    sizes: list[int] = []
+
+    def pack(t):
+        if t.dim() and t.shape[0] == len(names):
+            sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        feats = text_features(tiny, learner, class_chunk=0)
+    plain = plain_text_features(tiny, learner)
+    assert (feats - plain).abs().max().item() <= 1e-4
+    assert sizes and max(sizes) < len(names) * p * width

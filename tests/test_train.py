@@ -83,6 +83,18 @@ def test_same_seed_same_ctx_bit_for_bit(labelset):
     assert not torch.equal(a.ctx, c.ctx)
 
 
+def test_class_chunks_train_the_same_prompt(labelset):
+    """--class-chunk 2 (5 classes: chunks of 2, 2, 1, recomputed in backward) trains the prompt
+    of one pass over all classes, to float32 rounding; the setting enters the run's options
+    only when given."""
+    whole = lib.train_prompt(labelset, lib.make_config(loss="ce", class_chunk=0, **FAST))
+    chunked = lib.train_prompt(labelset, lib.make_config(loss="ce", class_chunk=2, **FAST))
+    assert (chunked.ctx - whole.ctx).abs().max().item() <= 1e-6
+    assert [h["test_acc"] for h in chunked.history] == [h["test_acc"] for h in whole.history]
+    assert "class_chunk" not in lib.make_config(**FAST).options()
+    assert lib.make_config(class_chunk=2, **FAST).options()["class_chunk"] == 2
+
+
 def test_resume_gives_the_uninterrupted_ctx(tmp_path, labelset):
     cfg = lib.make_config(
         loss="ce", epochs=4, momentum=0.9, weight_decay=5e-4, n_ctx=4, warmup_epochs=1
@@ -247,6 +259,7 @@ def test_cli_errors_are_one_line(cli, labelset, features):
         (("train", labelset, "--loss", "ce", "--eps", "0.1"), 2),
         (("train", features.with_name("missing.safetensors")), 1),
         (("train", labelset, "--class-token-position", "side"), 2),
+        (("train", labelset, "--class-chunk", "-1"), 2),
     ]:
         r = cli(*args)
         assert r.code == code, (args, r.stderr)

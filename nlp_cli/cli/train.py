@@ -135,6 +135,12 @@ def register(app: typer.Typer) -> None:
             autocompletion=_choices("end", "middle", "front"),
             help="end, middle or front (end).",
         ),
+        class_chunk: int | None = typer.Option(
+            None,
+            "--class-chunk",
+            help="Classes per text-encoder chunk, recomputed in backward so memory stays "
+            "bounded (default: 256 above 512 classes; 0 = all at once).",
+        ),
         targets: str | None = typer.Option(
             None,
             "--targets",
@@ -254,6 +260,7 @@ def register(app: typer.Typer) -> None:
             "ctx_init": ctx_init,
             "csc": csc,
             "class_token_position": class_token_position,
+            "class_chunk": class_chunk,
             "targets": targets,
             "repurify": repurify,
             "method": method,

@@ -1,7 +1,8 @@
 """Dataset registry: the CoOp benchmarks (and `shapes`) by name, plus loading any dataset folder.
 
-The entries live in one module per family (`coop`, `cifar`, `generated`); the types and CoOp's
-split files and rules in `spec` and `splits`; fetching in `download`; a user's own data in `folder`.
+The entries live in one module per family (`coop`, `imagenet`, `cifar`, `generated`); the types
+and CoOp's split files and rules in `spec` and `splits`; fetching in `download`; a user's own data
+in `folder`.
 
 A dataset on disk is a folder in CoOp's layout (`<root>/<folder>/<image_dir>/…` and a split file
 `split_zhou_<Name>.json`), a user folder with one sub-folder per class, or a CSV
@@ -16,6 +17,7 @@ from pathlib import Path
 # isort: off
 # Each family module registers its entries on import: this order is the catalog's.
 from nlp_cli.datasets import coop  # noqa: F401
+from nlp_cli.datasets import imagenet  # noqa: F401
 from nlp_cli.datasets import cifar  # noqa: F401
 from nlp_cli.datasets import generated  # noqa: F401
 

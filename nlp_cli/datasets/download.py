@@ -388,7 +388,7 @@ def fetch_dataset(
                     f"in {src.filename}{PIN} (every later use is checked against it)"
                 )
     if spec.prepare is not None:
-        spec.prepare(folder)
+        notes += spec.prepare(folder) or []
     if spec.split_file and not (folder / spec.split_file).is_file():
         if spec.build is None:
             raise NlpError(f"{folder} has no {spec.split_file}")

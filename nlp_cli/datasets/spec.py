@@ -54,7 +54,8 @@ class DatasetSpec:
     sources: tuple[Source, ...]
     description: str
     build: Callable[[Path, int], Split] | None = None
-    prepare: Callable[[Path], None] | None = None
+    # Run after the sources are in place (or adopted): checks and rearranges files; notes.
+    prepare: Callable[[Path], list[str] | None] | None = None
     note: str = ""
     required: tuple[str, ...] = ()  # further folders the images live in (when image_dir is "")
     generate: Callable[[Path, int], Path] | None = field(default=None, compare=False)
