@@ -180,6 +180,68 @@ def encode_text_short(model, tokens: torch.Tensor, table: torch.Tensor, index: t
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
 
 
+def compact_table(model, texts: list[str]):
+    """The rows of the token embedding that `texts` use, as one trainable table, with the index
+    from token id to row; the full embedding is frozen (see `encode_text_short`)."""
+    used = torch.unique(clip_model.tokenize(texts))
+    index = torch.zeros(model.vocab_size, dtype=torch.long)
+    index[used] = torch.arange(len(used))
+    table = torch.nn.Parameter(model.token_embedding.weight.detach()[used].clone())
+    model.token_embedding.weight.requires_grad_(False)
+    return used, index, table
+
+
+def optimiser(model, table: torch.Tensor, lr: float, steps: int, scale_lr: float = 20.0):
+    """AdamW (weight decay on matrices only) with warm-up and cosine decay; the temperature
+    gets `scale_lr` times the base step: at the base rate it barely leaves its 1/0.07 start in a
+    few thousand steps, where CLIP's reaches its clamp of 100."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and n != "logit_scale" and not (p.ndim >= 2 and "embedding" not in n)
+    ] + [table]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": 0.05},
+            {"params": other, "weight_decay": 0.0},
+            {"params": [model.logit_scale], "weight_decay": 0.0, "lr": scale_lr * lr},
+        ],
+        lr=lr, betas=(0.9, 0.98), eps=1e-6,
+    )  # fmt: skip
+    warm = min(200, steps // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(k / steps, 1))),
+    )
+    return opt, sched
+
+
+def contrastive_step(
+    model, imgs, texts, table, index, opt, sched, token_norm: float
+) -> torch.Tensor:
+    """One step of CLIP's symmetric contrastive loss on paired images (half flipped) and
+    captions; the temperature is clamped at 100 and, with `token_norm` > 0, every token row is
+    put back at that L2 norm. Returns the loss."""
+    x = torch.stack(imgs).float()
+    flip = torch.rand(len(x)) < 0.5
+    x[flip] = x[flip].flip(-1)
+    img = F.normalize(model.encode_image(x), dim=-1)
+    txt = F.normalize(encode_text_short(model, clip_model.tokenize(texts), table, index), dim=-1)
+    logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+    target = torch.arange(len(x))
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+        if token_norm > 0:
+            table.mul_(token_norm / table.norm(dim=1, keepdim=True))
+    return loss
+
+
 def check_set(seed: int, per_class: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """A small `shapes-fine`-style set (filled, varied backgrounds, camera look) for checks."""
     ims, ys = [], []
@@ -255,32 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     words |= {"tiny", "big", "outline", "background", "in", "this", "there", "is", "showing"}
     words |= {"we", "can", "see"}
     words |= {"with", "and", "on", "of", "a", "an", ",", "."}
-    used = torch.unique(clip_model.tokenize([*captions, *sorted(words)]))
-    index = torch.zeros(model.vocab_size, dtype=torch.long)
-    index[used] = torch.arange(len(used))
-    table = torch.nn.Parameter(model.token_embedding.weight.detach()[used].clone())
-    model.token_embedding.weight.requires_grad_(False)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    other = [
-        p
-        for n, p in model.named_parameters()
-        if p.requires_grad and n != "logit_scale" and not (p.ndim >= 2 and "embedding" not in n)
-    ] + [table]
-    # The temperature gets a larger step: at the base rate it barely leaves its 1/0.07 start
-    # in a few thousand steps, where CLIP's reaches its clamp of 100.
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": 0.05},
-            {"params": other, "weight_decay": 0.0},
-            {"params": [model.logit_scale], "weight_decay": 0.0, "lr": 20 * args.lr},
-        ],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
-    )  # fmt: skip
-    warm = min(200, args.steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(k / args.steps, 1))),
-    )
+    used, index, table = compact_table(model, [*captions, *sorted(words)])
+    opt, sched = optimiser(model, table, args.lr, args.steps)
     g = args.grid
     for step in range(1, args.steps + 1):
         cs = rng.sample(range(len(colours)), min(g, len(colours)))
@@ -292,24 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 k = rng.randrange(len(infos))
                 imgs.append(ims[k])
                 texts.append(caption(rng, colours[ci], shapes.SHAPES[si], infos[k]))
-        x = torch.stack(imgs).float()
-        flip = torch.rand(len(x)) < 0.5
-        x[flip] = x[flip].flip(-1)
-        img = F.normalize(model.encode_image(x), dim=-1)
-        txt = F.normalize(
-            encode_text_short(model, clip_model.tokenize(texts), table, index), dim=-1
-        )
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        target = torch.arange(len(x))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-            if args.token_norm > 0:
-                table.mul_(args.token_norm / table.norm(dim=1, keepdim=True))
+        loss = contrastive_step(model, imgs, texts, table, index, opt, sched, args.token_norm)
         if step % args.check_every == 0 or step == args.steps:
             with torch.no_grad():
                 model.token_embedding.weight[used] = table
