@@ -21,7 +21,6 @@ Saved fp16 in OpenAI's state-dict layout, so `clip.load(path, jit=False)` rebuil
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -157,28 +156,14 @@ def diagnose(model, images: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=2500)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--scale-lr", type=float, default=40.0, help="temperature lr / base lr")
-    ap.add_argument("--per-combo", type=int, default=32, help="pool images per colour pair")
-    ap.add_argument("--grid", type=int, default=8, help="batch = all ordered pairs of grid colours")
-    ap.add_argument("--width", type=int, default=8, help="ResNet stem width")
-    ap.add_argument("--text-layers", type=int, default=4, help="text transformer depth")
-    ap.add_argument(
-        "--token-norm", type=float, default=0.16,
-        help="keep every trained token embedding at this L2 norm (0: free)",
-    )  # fmt: skip
-    ap.add_argument("--check-every", type=int, default=250)
-    ap.add_argument("--check-per-class", type=int, default=8, help="images per class to check")
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (1 is fastest on a busy 2-core machine)",
+    ap = fine.parser(
+        __doc__,
+        per_combo=32,
+        per_combo_help="pool images per colour pair",
+        grid_help="batch = all ordered pairs of grid colours",
+        text_layers=4,
     )
+    ap.add_argument("--scale-lr", type=float, default=40.0, help="temperature lr / base lr")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)

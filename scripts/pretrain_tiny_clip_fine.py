@@ -269,23 +269,25 @@ def zero_shot(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[float,
     return acc, untrained
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser(
+    doc: str, *, per_combo: int, per_combo_help: str, grid_help: str, text_layers: int
+) -> argparse.ArgumentParser:
+    """The options every tiny-CLIP pretraining script takes, with its own defaults."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--per-combo", type=int, default=48, help="pool images per colour × shape")
-    ap.add_argument("--grid", type=int, default=8, help="batch = grid colours × grid shapes")
+    ap.add_argument("--per-combo", type=int, default=per_combo, help=per_combo_help)
+    ap.add_argument("--grid", type=int, default=8, help=grid_help)
     ap.add_argument("--width", type=int, default=8, help="ResNet stem width")
-    ap.add_argument("--text-layers", type=int, default=6, help="text transformer depth")
+    ap.add_argument("--text-layers", type=int, default=text_layers, help="text transformer depth")
     # 0.16 = 0.02 · √64, the norm of a N(0, 0.02²) vector of width 64: CLIP's token scale (its
     # init) and CoOp's random context's, so 16 random context vectors look like 16 words.
     ap.add_argument(
         "--token-norm", type=float, default=0.16,
         help="keep every trained token embedding at this L2 norm (0: free)",
     )  # fmt: skip
-    ap.add_argument("--styles", default=",".join(STYLES), help="drawing styles of the pairs")
     ap.add_argument("--check-every", type=int, default=250)
     ap.add_argument("--check-per-class", type=int, default=8, help="images per class to check")
     ap.add_argument(
@@ -294,6 +296,18 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="torch threads (1 is fastest on a busy 2-core machine)",
     )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(
+        __doc__,
+        per_combo=48,
+        per_combo_help="pool images per colour × shape",
+        grid_help="batch = grid colours × grid shapes",
+        text_layers=6,
+    )
+    ap.add_argument("--styles", default=",".join(STYLES), help="drawing styles of the pairs")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
