@@ -23,6 +23,7 @@ ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {
     "tiny-shapes": ASSETS / "tiny-shapes.pt",
     "tiny-shapes-fine": ASSETS / "tiny-shapes-fine.pt",
+    "tiny-duo": ASSETS / "tiny-duo.pt",
 }
 # fp32: fp32 weights. fp16/bf16: CLIP's half layout in that dtype. amp: fp32 weights, with the
 # forward under autocast (fp16 on CUDA, bf16 on CPU) and, on CUDA, a GradScaler (CoOp's PREC).

@@ -180,6 +180,68 @@ def encode_text_short(model, tokens: torch.Tensor, table: torch.Tensor, index: t
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
 
 
+def compact_table(model, texts: list[str]):
+    """The rows of the token embedding that `texts` use, as one trainable table, with the index
+    from token id to row; the full embedding is frozen (see `encode_text_short`)."""
+    used = torch.unique(clip_model.tokenize(texts))
+    index = torch.zeros(model.vocab_size, dtype=torch.long)
+    index[used] = torch.arange(len(used))
+    table = torch.nn.Parameter(model.token_embedding.weight.detach()[used].clone())
+    model.token_embedding.weight.requires_grad_(False)
+    return used, index, table
+
+
+def optimiser(model, table: torch.Tensor, lr: float, steps: int, scale_lr: float = 20.0):
+    """AdamW (weight decay on matrices only) with warm-up and cosine decay; the temperature
+    gets `scale_lr` times the base step: at the base rate it barely leaves its 1/0.07 start in a
+    few thousand steps, where CLIP's reaches its clamp of 100."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and n != "logit_scale" and not (p.ndim >= 2 and "embedding" not in n)
+    ] + [table]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": 0.05},
+            {"params": other, "weight_decay": 0.0},
+            {"params": [model.logit_scale], "weight_decay": 0.0, "lr": scale_lr * lr},
+        ],
+        lr=lr, betas=(0.9, 0.98), eps=1e-6,
+    )  # fmt: skip
+    warm = min(200, steps // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(k / steps, 1))),
+    )
+    return opt, sched
+
+
+def contrastive_step(
+    model, imgs, texts, table, index, opt, sched, token_norm: float
+) -> torch.Tensor:
+    """One step of CLIP's symmetric contrastive loss on paired images (half flipped) and
+    captions; the temperature is clamped at 100 and, with `token_norm` > 0, every token row is
+    put back at that L2 norm. Returns the loss."""
+    x = torch.stack(imgs).float()
+    flip = torch.rand(len(x)) < 0.5
+    x[flip] = x[flip].flip(-1)
+    img = F.normalize(model.encode_image(x), dim=-1)
+    txt = F.normalize(encode_text_short(model, clip_model.tokenize(texts), table, index), dim=-1)
+    logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+    target = torch.arange(len(x))
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+        if token_norm > 0:
+            table.mul_(token_norm / table.norm(dim=1, keepdim=True))
+    return loss
+
+
 def check_set(seed: int, per_class: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """A small `shapes-fine`-style set (filled, varied backgrounds, camera look) for checks."""
     ims, ys = [], []
@@ -207,39 +269,25 @@ def zero_shot(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[float,
     return acc, untrained
 
 
-@torch.no_grad()
-def separability(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Nearest-class-mean accuracy of the image features on colour and on shape (half/half)."""
-    was = model.training
-    model.eval()
-    feats = F.normalize(model.encode_image(images).float(), dim=-1)
-    model.train(was)
-    fit = torch.arange(len(labels)) % 2 == 0
-    out = []
-    for y in (labels % len(shapes.DATASET_COLOURS), labels // len(shapes.DATASET_COLOURS)):
-        k = int(y.max()) + 1
-        mu = F.normalize(torch.stack([feats[fit & (y == c)].mean(0) for c in range(k)]), dim=-1)
-        out.append(float((feats[~fit] @ mu.T).argmax(1).eq(y[~fit]).float().mean()))
-    return out[0], out[1]
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser(
+    doc: str, *, per_combo: int, per_combo_help: str, grid_help: str, text_layers: int
+) -> argparse.ArgumentParser:
+    """The options every tiny-CLIP pretraining script takes, with its own defaults."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--per-combo", type=int, default=48, help="pool images per colour × shape")
-    ap.add_argument("--grid", type=int, default=8, help="batch = grid colours × grid shapes")
+    ap.add_argument("--per-combo", type=int, default=per_combo, help=per_combo_help)
+    ap.add_argument("--grid", type=int, default=8, help=grid_help)
     ap.add_argument("--width", type=int, default=8, help="ResNet stem width")
-    ap.add_argument("--text-layers", type=int, default=6, help="text transformer depth")
+    ap.add_argument("--text-layers", type=int, default=text_layers, help="text transformer depth")
     # 0.16 = 0.02 · √64, the norm of a N(0, 0.02²) vector of width 64: CLIP's token scale (its
     # init) and CoOp's random context's, so 16 random context vectors look like 16 words.
     ap.add_argument(
         "--token-norm", type=float, default=0.16,
         help="keep every trained token embedding at this L2 norm (0: free)",
     )  # fmt: skip
-    ap.add_argument("--styles", default=",".join(STYLES), help="drawing styles of the pairs")
     ap.add_argument("--check-every", type=int, default=250)
     ap.add_argument("--check-per-class", type=int, default=8, help="images per class to check")
     ap.add_argument(
@@ -248,6 +296,18 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="torch threads (1 is fastest on a busy 2-core machine)",
     )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(
+        __doc__,
+        per_combo=48,
+        per_combo_help="pool images per colour × shape",
+        grid_help="batch = grid colours × grid shapes",
+        text_layers=6,
+    )
+    ap.add_argument("--styles", default=",".join(STYLES), help="drawing styles of the pairs")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -271,32 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     words |= {"tiny", "big", "outline", "background", "in", "this", "there", "is", "showing"}
     words |= {"we", "can", "see"}
     words |= {"with", "and", "on", "of", "a", "an", ",", "."}
-    used = torch.unique(clip_model.tokenize([*captions, *sorted(words)]))
-    index = torch.zeros(model.vocab_size, dtype=torch.long)
-    index[used] = torch.arange(len(used))
-    table = torch.nn.Parameter(model.token_embedding.weight.detach()[used].clone())
-    model.token_embedding.weight.requires_grad_(False)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    other = [
-        p
-        for n, p in model.named_parameters()
-        if p.requires_grad and n != "logit_scale" and not (p.ndim >= 2 and "embedding" not in n)
-    ] + [table]
-    # The temperature gets a larger step: at the base rate it barely leaves its 1/0.07 start
-    # in a few thousand steps, where CLIP's reaches its clamp of 100.
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": 0.05},
-            {"params": other, "weight_decay": 0.0},
-            {"params": [model.logit_scale], "weight_decay": 0.0, "lr": 20 * args.lr},
-        ],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
-    )  # fmt: skip
-    warm = min(200, args.steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(k / args.steps, 1))),
-    )
+    used, index, table = compact_table(model, [*captions, *sorted(words)])
+    opt, sched = optimiser(model, table, args.lr, args.steps)
     g = args.grid
     for step in range(1, args.steps + 1):
         cs = rng.sample(range(len(colours)), min(g, len(colours)))
@@ -308,32 +344,13 @@ def main(argv: list[str] | None = None) -> int:
                 k = rng.randrange(len(infos))
                 imgs.append(ims[k])
                 texts.append(caption(rng, colours[ci], shapes.SHAPES[si], infos[k]))
-        x = torch.stack(imgs).float()
-        flip = torch.rand(len(x)) < 0.5
-        x[flip] = x[flip].flip(-1)
-        img = F.normalize(model.encode_image(x), dim=-1)
-        txt = F.normalize(
-            encode_text_short(model, clip_model.tokenize(texts), table, index), dim=-1
-        )
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        target = torch.arange(len(x))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-            if args.token_norm > 0:
-                table.mul_(args.token_norm / table.norm(dim=1, keepdim=True))
+        loss = contrastive_step(model, imgs, texts, table, index, opt, sched, args.token_norm)
         if step % args.check_every == 0 or step == args.steps:
             with torch.no_grad():
                 model.token_embedding.weight[used] = table
             acc, untrained = zero_shot(model, check_x, check_y)
-            colour, shape = separability(model, check_x, check_y)
             log(f"step {step} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
                 f"zero-shot check {acc:.3f} untrained {untrained:.3f} "
-                f"colour {colour:.2f} shape {shape:.2f} "
                 f"({time.time() - t0:.0f}s)")  # fmt: skip
     with torch.no_grad():
         model.token_embedding.weight[used] = table

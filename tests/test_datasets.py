@@ -49,7 +49,7 @@ def test_catalog_has_the_coop_datasets():
     expected = {
         "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
         "fgvc_aircraft", "dtd", "eurosat", "ucf101", "imagenet", "cifar10", "cifar100", "cifar10n",
-        "cifar100n", "shapes", "shapes-fine",
+        "cifar100n", "shapes", "shapes-fine", "duo",
     }  # fmt: skip
     assert set(datasets.list_datasets()) == expected
     assert datasets.get("caltech-101").name == "caltech101"

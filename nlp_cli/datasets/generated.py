@@ -1,4 +1,4 @@
-"""Datasets drawn on this machine rather than downloaded: `shapes` and `shapes-fine`.
+"""Datasets drawn on this machine rather than downloaded: `shapes`, `shapes-fine` and `duo`.
 
 The entry stays in the catalog when its generator (`nlp_cli.datasets.shapes`, which needs numpy
 and Pillow) cannot be imported; `nlp download shapes` then says so in one line.
@@ -48,5 +48,25 @@ register(
         (),
         "Generated fine-grained shapes, 60 classes (offline, deterministic; experimental)",
         generate=_generate_shapes_fine,
+    )
+)
+
+
+def _generate_duo(root: Path, seed: int) -> Path:
+    import nlp_cli.datasets.duo as duo
+
+    return Path(duo.generate(root, seed=seed))
+
+
+register(
+    DatasetSpec(
+        "duo",
+        "duo",
+        "",
+        None,
+        (),
+        "Generated colour pairs (object on background), 56 classes (offline, deterministic; "
+        "experimental)",
+        generate=_generate_duo,
     )
 )

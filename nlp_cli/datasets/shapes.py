@@ -132,10 +132,16 @@ def muted_rgb(rng: random.Random, v: tuple[float, float] = (0.15, 0.9)) -> np.nd
     return np.array([r, g, b]) * 255
 
 
-def background(rng: random.Random, size: int, kind: str | None = None) -> Image.Image:
-    """A muted background: solid, gradient, stripes or smooth noise."""
+def background(
+    rng: random.Random,
+    size: int,
+    kind: str | None = None,
+    pair: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Image.Image:
+    """A background: solid, gradient, stripes or smooth noise, between two colours (`pair`,
+    default two muted ones)."""
     kind = kind or rng.choice(("solid", "gradient", "stripes", "noise"))
-    a, b = muted_rgb(rng), muted_rgb(rng)
+    a, b = (muted_rgb(rng), muted_rgb(rng)) if pair is None else pair
     yy, xx = np.mgrid[0:size, 0:size] / size
     if kind == "solid":
         t = np.zeros((size, size))
@@ -205,18 +211,20 @@ def draw_item(
     scale: tuple[float, float] = (0.22, 0.42),
     colours: dict | None = None,
     shapes: tuple[str, ...] | None = None,
+    back_pair: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Image.Image:
     """One image of a `colour` `shape`, drawn at 2× and downsampled (anti-aliased).
 
     style: "filled" (the dataset's), "outline", "bordered" (filled with a dark edge).
     back: a background kind of `background`, or "white"/"black"/"paper" for plain ones.
+    back_pair: the two colours of a non-plain background (default two muted ones).
     """
     big = size * 2
     if back in ("white", "black", "paper"):
         level = {"white": 255, "black": 0, "paper": int(rng.uniform(200, 245))}[back]
         img = Image.new("RGB", (big, big), (level, level, level))
     else:
-        img = background(rng, big, back)
+        img = background(rng, big, back, back_pair)
     draw = ImageDraw.Draw(img)
     clutter(draw, rng, big, rng.randint(0, 4) if n_clutter is None else n_clutter, shapes)
     r = rng.uniform(*scale) * big
@@ -279,10 +287,12 @@ def write_world(
     counts: dict[str, int],
     classes: tuple[str, ...],
     size: int,
+    parse: Callable[[str], tuple[str, str]] | None = None,
 ) -> Path:
     """Write a generated world to `root/name` (unless the same one is there) and return it:
     `render(rng, colour, shape, size)` draws each image from its own seed, the split file and a
-    stamp of what made it are written beside the images, and the folder appears whole."""
+    stamp of what made it are written beside the images, and the folder appears whole.
+    `parse` splits a class name into render's two words (default: at its one space)."""
     counts = dict(counts)
     root = Path(root)
     out = root / name
@@ -300,7 +310,7 @@ def write_world(
     shutil.rmtree(tmp, ignore_errors=True)
     items: Split = {"train": [], "val": [], "test": []}
     for label, cname in enumerate(classes):
-        colour, shape = cname.split(" ")
+        colour, shape = cname.split(" ") if parse is None else parse(cname)
         (tmp / "images" / folder_name(cname)).mkdir(parents=True)
         for split, n in counts.items():
             for i in range(n):
