@@ -143,3 +143,25 @@ def cli(capsys, monkeypatch):
         return Result(code, out.out, out.err)
 
     return invoke
+
+
+def tree_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under `folder`, by its relative path: a folder's exact bytes."""
+    import hashlib
+
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def load_script(name: str):
+    """A script of `scripts/` imported as a module (they are not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import random
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script, tree_digests
 from PIL import Image
 
 from nlp_cli import artifacts, clip_model, datasets
 from nlp_cli.datasets import shapes
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train": 2, "val": 1, "test": 1}
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +24,9 @@ def small_world(tmp_path_factory) -> Path:
 
 def test_same_seed_same_bytes_other_seed_other_images(small_world, tmp_path):
     again = shapes.generate(tmp_path / "a", seed=0, counts=SMALL)
-    assert _digests(again) == _digests(small_world)
-    other = _digests(shapes.generate(tmp_path / "b", seed=1, counts=SMALL))
-    same = _digests(small_world)
+    assert tree_digests(again) == tree_digests(small_world)
+    other = tree_digests(shapes.generate(tmp_path / "b", seed=1, counts=SMALL))
+    same = tree_digests(small_world)
     pngs = [k for k in same if k.endswith(".png")]
     assert sum(other[k] != same[k] for k in pngs) == len(pngs)
 
@@ -116,17 +106,8 @@ def test_embed_reads_shapes_with_the_builtin_model(cli, small_world, tmp_path):
     assert art.meta["model"]["name"] == "tiny-shapes"
 
 
-def _pretrain_script():
-    spec = importlib.util.spec_from_file_location(
-        "pretrain", ROOT / "scripts/pretrain_tiny_clip.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pretraining_script_writes_a_loadable_checkpoint(tmp_path):
-    pretrain = _pretrain_script()
+    pretrain = load_script("pretrain_tiny_clip")
     out = tmp_path / "m.pt"
     args = ["--seed", "3", "--out", str(out), "--steps", "2", "--per-combo", "1", "--grid", "3"]
     assert pretrain.main([*args, "--check-every", "2", "--check-per-class", "1"]) == 0
@@ -140,7 +121,7 @@ def test_pretraining_script_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_compact_text_encoder_equals_clip_encode_text():
-    pretrain = _pretrain_script()
+    pretrain = load_script("pretrain_tiny_clip")
     model = pretrain.build(0).eval()
     tokens = clip_model.tokenize(["a red star", "a drawing of a blue cross on a plain background"])
     used = torch.unique(tokens)

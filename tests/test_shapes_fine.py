@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import random
 from pathlib import Path
 
@@ -11,22 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script, tree_digests
 from PIL import Image
 
 from nlp_cli import artifacts, clip_model, datasets
 from nlp_cli.datasets import shapes_fine as shapes
 from nlp_cli.prompt import PromptLearner, text_features
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train": 2, "val": 1, "test": 1}
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +26,9 @@ def small_world(tmp_path_factory) -> Path:
 
 def test_same_seed_same_bytes_other_seed_other_images(small_world, tmp_path):
     again = shapes.generate(tmp_path / "a", seed=0, counts=SMALL)
-    assert _digests(again) == _digests(small_world)
-    other = _digests(shapes.generate(tmp_path / "b", seed=1, counts=SMALL))
-    same = _digests(small_world)
+    assert tree_digests(again) == tree_digests(small_world)
+    other = tree_digests(shapes.generate(tmp_path / "b", seed=1, counts=SMALL))
+    same = tree_digests(small_world)
     pngs = [k for k in same if k.endswith(".png")]
     assert sum(other[k] != same[k] for k in pngs) == len(pngs)
 
@@ -140,17 +130,8 @@ def test_embed_reads_shapes_fine_with_the_builtin_model(cli, small_world, tmp_pa
     assert art.meta["model"]["name"] == "tiny-shapes-fine"
 
 
-def _pretrain_script():
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_fine", ROOT / "scripts/pretrain_tiny_clip_fine.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pretraining_script_writes_a_loadable_checkpoint(tmp_path):
-    pretrain = _pretrain_script()
+    pretrain = load_script("pretrain_tiny_clip_fine")
     out = tmp_path / "m.pt"
     args = ["--seed", "3", "--out", str(out), "--steps", "2", "--per-combo", "1", "--grid", "3"]
     assert pretrain.main([*args, "--check-every", "2", "--check-per-class", "1"]) == 0
@@ -164,7 +145,7 @@ def test_pretraining_script_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_compact_text_encoder_equals_clip_encode_text():
-    pretrain = _pretrain_script()
+    pretrain = load_script("pretrain_tiny_clip_fine")
     model = pretrain.build(0).eval()
     tokens = clip_model.tokenize(["a red star", "a drawing of a blue cross on a plain background"])
     used = torch.unique(tokens)
@@ -178,7 +159,7 @@ def test_compact_text_encoder_equals_clip_encode_text():
 
 
 def test_pretraining_captions_name_the_class_and_describe_the_edit():
-    pretrain = _pretrain_script()
+    pretrain = load_script("pretrain_tiny_clip_fine")
     rng = random.Random(0)
     info = {"style": "filled", "back": "stripes", "size": "small"}
     for kind in pretrain.EDITS:
