@@ -1,6 +1,8 @@
 """Cached augmented views vs CoOp's fresh crops every epoch, in the offline world.
 
     PYTHONPATH=$PWD python benchmarks/bench_augment.py --threads 1 [--views 10] [--epochs 50]
+    PYTHONPATH=$PWD python benchmarks/bench_augment.py --dataset shapes-easy \
+        --model tiny-shapes-easy
 
 CoOp's loader draws a fresh random resized crop (0.08–1) + flip of every image every epoch, so
 its image encoder runs in the loop. `nlp` caches features once: `--augment views` draws each
@@ -28,11 +30,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--loss", default="dsoftmax")
+    ap.add_argument("--dataset", default="shapes", help="a generated world")
+    ap.add_argument("--model", default="tiny-shapes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    stages.download("shapes")
-    plain = stages.embed("shapes", "tiny-shapes", EmbedOptions()).path
-    viewed = stages.embed("shapes", "tiny-shapes", EmbedOptions(views=args.views)).path
+    stages.download(args.dataset)
+    plain = stages.embed(args.dataset, args.model, EmbedOptions()).path
+    viewed = stages.embed(args.dataset, args.model, EmbedOptions(views=args.views)).path
     rows = []
     for noise in (None, 0.8):
         for augment, feats in (("none", plain), ("views", viewed), ("online", plain)):

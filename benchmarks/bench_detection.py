@@ -5,9 +5,10 @@ Run from the repository root, e.g.:
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/bench_detection.py
     PYTHONPATH=$PWD python benchmarks/bench_detection.py --worlds shapes --noise sym:0.5
 
-Worlds: `shapes` (the offline world, `nlp download shapes`, embedded with `tiny-shapes`) and
-`eurosat` (the real mini EuroSAT of ../shared/data/mini, embedded as a CoOp dataset with
-`--root`, with the same tiny CLIP, skipped when absent). Each noise setting corrupts the
+Worlds: the generated ones (`shapes`, `shapes-easy`, `shapes-fine`: `nlp download NAME`,
+embedded with their own built-in CLIP `tiny-NAME`) and `eurosat` (the real mini EuroSAT of
+../shared/data/mini, embedded as a CoOp dataset with `--root` by `--eurosat-model`, default
+`tiny-shapes-easy`, skipped when absent). Each noise setting corrupts the
 training labels (`nlp corrupt`, seed 1) and runs every registered purifier with the hand
 prompt (`nlp purify --method NAME`), then `nlp label-issues --probs probe --splits train`
 (cleanlab on an out-of-fold linear probe of the features). Positive = the label is wrong;
@@ -32,15 +33,19 @@ MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mini"
 NOISE = ["sym:0.2", "sym:0.5", "sym:0.8", "pair:0.4"]
 
 
-def features(world: str) -> Path | None:
+GENERATED = {"shapes": "tiny-shapes", "shapes-easy": "tiny-shapes-easy",
+             "shapes-fine": "tiny-shapes-fine"}  # fmt: skip
+
+
+def features(world: str, eurosat_model: str) -> Path | None:
     """The world's feature cache (made once under NLP_HOME), or None when its data is absent."""
-    if world == "shapes":
-        stages.download("shapes")
-        return stages.embed("shapes", "tiny-shapes", EmbedOptions()).path
+    if world in GENERATED:
+        stages.download(world)
+        return stages.embed(world, GENERATED[world], EmbedOptions()).path
     if world == "eurosat":
         if not (MINI / "eurosat").is_dir():
             return None
-        return stages.embed("eurosat", "tiny-shapes", EmbedOptions(), root=MINI).path
+        return stages.embed("eurosat", eurosat_model, EmbedOptions(), root=MINI).path
     raise SystemExit(f"unknown world {world!r}")
 
 
@@ -51,6 +56,7 @@ def fmt(x: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", default="shapes,eurosat")
+    parser.add_argument("--eurosat-model", default="tiny-shapes-easy")
     parser.add_argument("--noise", default=",".join(NOISE), help="kind:rate,… (sym, pair)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--methods", default=",".join(purify.list_purifiers()))
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| {head} | warnings |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for world in args.worlds.split(","):
-        feats = features(world)
+        feats = features(world, args.eurosat_model)
         if feats is None:
             print(f"skipped {world}: {MINI / world} is absent", file=sys.stderr)
             continue

@@ -4,10 +4,10 @@ Run from the repository root, e.g.:
 
     PYTHONPATH=$PWD python benchmarks/bench_joapr_mix.py --pairs 256
 
-Generates `shapes` (seed 0), preprocesses random pairs of training images (a, b), and for each
-λ compares `encode(λ·a + (1 − λ)·b)` (what yunncheng/JoAPR's forward_backward trains on) with
-`norm(λ·f(a) + (1 − λ)·f(b))` (what `nlp_cli.joapr.mixup` trains on): their mean cosine, and
-how often the tiny-shapes prompt-free zero-shot prediction agrees. Also prints how often
+Generates `--dataset` (default `shapes`, seed 0), preprocesses random pairs of training images (a,
+b), and for each λ compares `encode(λ·a + (1 − λ)·b)` (what yunncheng/JoAPR's forward_backward
+trains on) with `norm(λ·f(a) + (1 − λ)·f(b))` (what `nlp_cli.joapr.mixup` trains on): their mean
+cosine, and how often the model's prompt-free zero-shot prediction agrees. Also prints how often
 JoAPR's `λ = max(λ, 1 − λ)`, `λ ~ Beta(0.001, 0.001)` (its BETA) stays above 0.99. One line per λ.
 """
 
@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from nlp_cli import clip_model, datasets
-from nlp_cli.datasets import shapes
 
 
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="shapes", help="a generated world")
     parser.add_argument("--model", default="tiny-shapes")
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--beta", type=float, default=0.001)
@@ -41,7 +41,8 @@ def main() -> None:
     loaded = clip_model.load(args.model)
     model = loaded.model.float()
     with tempfile.TemporaryDirectory() as tmp:
-        ds = datasets.get("shapes").load(shapes.generate(Path(tmp), seed=0))
+        spec = datasets.get(args.dataset)
+        ds = spec.load(spec.generate(Path(tmp), 0))
         g = torch.Generator().manual_seed(0)
         n = len(ds.paths["train"])
         ia = torch.randint(n, (args.pairs,), generator=g)

@@ -1,14 +1,17 @@
-"""How much the `tiny-shapes` CLIP knows about `shapes`: zero-shot, a linear probe and CoOp.
+"""How much a built-in CLIP knows about its generated world: zero-shot, a linear probe and CoOp.
 
 Run from the repository root, e.g.:
 
     PYTHONPATH=$PWD python benchmarks/bench_tiny_shapes.py
     PYTHONPATH=$PWD python benchmarks/bench_tiny_shapes.py --model /tmp/other.pt --coop-steps 100
+    PYTHONPATH=$PWD python benchmarks/bench_tiny_shapes.py --dataset shapes-easy \
+        --model tiny-shapes-easy
 
-Generates `shapes` (seed 0) in a temporary folder, encodes train and test with the model's own
-preprocessing, and reports test accuracy of: zero-shot with "a photo of a {class}.", a linear
-probe (logistic regression on the frozen features), and a short CoOp run with clean labels
-(16 shared context tokens, the plain 77-token text encoder, Adam, full-batch). Prints one line.
+Generates the world (`--dataset`, default `shapes`; seed 0) in a temporary folder, encodes train and
+test with the model's own preprocessing, and reports test accuracy of: zero-shot with "a photo of a
+{class}.", a linear probe (logistic regression on the frozen features), and a short CoOp run with
+clean labels (16 shared context tokens, the plain 77-token text encoder, Adam, full-batch). Prints
+one line.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from nlp_cli import clip_model, datasets
-from nlp_cli.datasets import shapes
 from nlp_cli.prompt import PromptLearner, plain_text_features
 
 
@@ -64,6 +66,7 @@ def coop(model, classnames, xtr, ytr, xte, yte, steps: int, lr: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="shapes", help="a generated world: shapes, shapes-easy, …")
     ap.add_argument("--model", default="tiny-shapes", help="a name or checkpoint path")
     ap.add_argument("--coop-steps", type=int, default=60)
     ap.add_argument("--coop-lr", type=float, default=1e-2)
@@ -74,8 +77,10 @@ def main() -> None:
     loaded = clip_model.load(args.model)
     model = loaded.model
     with tempfile.TemporaryDirectory() as tmp:
-        folder = shapes.generate(Path(tmp), seed=0)
-        ds = datasets.get("shapes").load(folder)
+        spec = datasets.get(args.dataset)
+        if spec.generate is None:
+            raise SystemExit(f"{args.dataset} is not a generated world")
+        ds = spec.load(spec.generate(Path(tmp), 0))
         xtr, ytr = encode(loaded, ds, "train")
         xte, yte = encode(loaded, ds, "test")
     protos = clip_model.hand_prompt_features(model, ds.classnames)

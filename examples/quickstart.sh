@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Offline quickstart: the generated `shapes` world and the bundled tiny CLIP, end to end.
+# Offline quickstart: the generated `shapes` world (56 colour-pair classes) and its bundled tiny
+# CLIP `tiny-shapes`, end to end.
 #
 #   download shapes → embed → corrupt (sym 80 %) → purify → train ce / dsoftmax / nlprompt → eval
 #
@@ -9,8 +10,8 @@
 #
 # Every stage prints only the path of what it wrote, so the stages chain with $(…) and pipes.
 # Change the noise with NOISE="--pair 0.4" bash examples/quickstart.sh; artifacts go to NLP_HOME
-# (default ~/.cache/nlp) and a rerun reuses them. DATASET=duo MODEL=tiny-duo runs it in the duo
-# world, where an untrained context is far below zero-shot and learning is needed (README).
+# (default ~/.cache/nlp) and a rerun reuses them. DATASET=shapes-easy MODEL=tiny-shapes-easy runs
+# it in the easy world, where an untrained context already scores high (README).
 set -euo pipefail
 
 DATASET=${DATASET:-shapes}

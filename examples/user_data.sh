@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Which of your labels are wrong? Plant a few known errors and watch the report find them.
 #
-#   bash examples/user_data.sh                         # the offline world: shapes + tiny-shapes
+#   bash examples/user_data.sh                         # the easy world: shapes-easy + tiny-shapes-easy
 #   bash examples/user_data.sh ~/photos/my_dataset ViT-B/16
 #
 # Your folder (one sub-folder per class, or train/ val/ test/ folders of class folders) is
@@ -16,15 +16,15 @@
 set -euo pipefail
 
 src=${1:-}
-model=${2:-tiny-shapes}
+model=${2:-tiny-shapes-easy}
 plant=${PLANT:-3}
 work=${WORK:-$(mktemp -d)}
 user="$work/my_photos"
 mkdir -p "$user"
 
 if [ -z "$src" ]; then
-    # Five classes of the offline world, as a user would lay them out: train/val/test folders.
-    world=$(nlp download shapes --root "$work/world")
+    # Five classes of the easy generated world, as a user would lay them out: train/val/test.
+    world=$(nlp download shapes-easy --root "$work/world")
     for s in train val test; do
         for c in red_circle blue_star green_square yellow_triangle purple_cross; do
             mkdir -p "$user/$s/${c//_/ }"

@@ -20,10 +20,13 @@ from nlp_cli.home import models_dir
 HAND_TEMPLATE = "a photo of a {}."
 ASSETS = Path(__file__).parent / "assets"
 # Built-in checkpoints shipped inside the package (OpenAI state-dict layout).
+# `tiny-shapes` is pretrained for the `shapes` world (`tiny-duo`, its earlier name, is the same
+# file); `tiny-shapes-easy` for `shapes-easy`; `tiny-shapes-fine` for `shapes-fine`.
 BUILTIN = {
     "tiny-shapes": ASSETS / "tiny-shapes.pt",
+    "tiny-duo": ASSETS / "tiny-shapes.pt",
+    "tiny-shapes-easy": ASSETS / "tiny-shapes-easy.pt",
     "tiny-shapes-fine": ASSETS / "tiny-shapes-fine.pt",
-    "tiny-duo": ASSETS / "tiny-duo.pt",
 }
 # fp32: fp32 weights. fp16/bf16: CLIP's half layout in that dtype. amp: fp32 weights, with the
 # forward under autocast (fp16 on CUDA, bf16 on CPU) and, on CUDA, a GradScaler (CoOp's PREC).

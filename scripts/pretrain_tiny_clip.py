@@ -1,6 +1,7 @@
-"""Pretrain the built-in `tiny-shapes` CLIP contrastively on generated image–caption pairs.
+"""Pretrain the built-in `tiny-shapes-easy` CLIP (for the easy `shapes-easy` world)
+contrastively on generated image–caption pairs.
 
-The pairs are not the `shapes` dataset's images: they come from their own seeds, two thirds are
+The pairs are not the `shapes-easy` dataset's images: they come from their own seeds, two thirds are
 drawn in other styles (outlines, or filled with a dark border), half sit on plain white, paper
 or black backgrounds, four more colours and five more shapes add distractor vocabulary, and the
 captions come from ten templates ("a drawing of a red star", "a star in red", …), none of them
@@ -9,7 +10,7 @@ batch is a grid of 8 colours × 8 shapes, so every item has same-colour and same
 and colour alone cannot solve the contrastive task. A zero-shot check on a small `shapes`-style
 set is logged during training.
 
-    python scripts/pretrain_tiny_clip.py --seed 0 --out nlp_cli/assets/tiny-shapes.pt
+    python scripts/pretrain_tiny_clip.py --seed 0 --out nlp_cli/assets/tiny-shapes-easy.pt
 
 The vision tower is a small ModifiedResNet (64 px input, attention-pool grid 2 × 2), the text
 tower a 3-layer width-64 transformer with CLIP's vocabulary; saved fp16 in OpenAI's state-dict

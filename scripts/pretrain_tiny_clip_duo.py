@@ -1,6 +1,8 @@
-"""Pretrain the built-in `tiny-duo` CLIP contrastively on generated image–caption pairs.
+"""Pretrain the built-in `tiny-shapes` CLIP (also called `tiny-duo`) for the offline world, the
+`shapes` dataset of colour pairs (module `nlp_cli.datasets.duo`), contrastively on generated
+image–caption pairs.
 
-The pairs are not the `duo` dataset's images: they come from their own seeds, ten colours (two
+The pairs are not the dataset's images: they come from their own seeds, ten colours (two
 more than the dataset's) in every ordered object/background pair, half the objects drawn in other
 styles (outline, bordered) and of any size, and about half the images edited (grayscale, negative,
 dark, faded, blurry, tinted: the hue turned as in the dataset's look). The captions are web-like
@@ -14,7 +16,7 @@ every few hundred steps: loss, logit scale, the hand prompt's zero-shot accuracy
 16-token context's, a prompt naming the look ("a tinted picture of a {}."), and the
 nearest-class-mean accuracy of the image features (class means from half the set).
 
-    python scripts/pretrain_tiny_clip_duo.py --seed 0 --out nlp_cli/assets/tiny-duo.pt
+    python scripts/pretrain_tiny_clip_duo.py --seed 0 --out nlp_cli/assets/tiny-shapes.pt
 
 Saved fp16 in OpenAI's state-dict layout, so `clip.load(path, jit=False)` rebuilds it.
 """

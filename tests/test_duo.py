@@ -1,8 +1,10 @@
-"""The colour-pair offline world: `duo` and the built-in `tiny-duo` CLIP."""
+"""The offline world: the generated `shapes` dataset (colour pairs, also called `duo`) and the
+built-in `tiny-shapes` CLIP (also called `tiny-duo`)."""
 
 from __future__ import annotations
 
 import colorsys
+import json
 import random
 from pathlib import Path
 
@@ -36,8 +38,9 @@ def test_same_seed_same_bytes_other_seed_other_images(small_world, tmp_path):
 
 def test_layout_and_split_file(small_world):
     assert (small_world / duo.SPLIT_FILE).is_file()
-    ds = datasets.get("duo").load(small_world)
-    assert ds.name == "duo" and ds.root == (small_world / "images").absolute()
+    ds = datasets.get("shapes").load(small_world)
+    assert datasets.get("duo") is datasets.get("shapes")  # the world's earlier name
+    assert ds.name == "shapes" and ds.root == (small_world / "images").absolute()
     assert len(ds.classnames) == 56 and len(set(ds.classnames)) == 56
     assert ds.classnames == list(duo.CLASSES)
     for name in ds.classnames:
@@ -100,26 +103,53 @@ def test_background_and_object_carry_their_colours():
         assert near[back] > 0.3 and near[obj] > 0.1 and near[back] + near[obj] > 0.9, name
 
 
-def test_download_duo_offline_through_the_cli(cli, tmp_path, monkeypatch):
+def test_download_shapes_offline_through_the_cli(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(duo, "COUNTS", SMALL)
-    r = cli("download", "duo", "--root", tmp_path)
+    r = cli("download", "shapes", "--root", tmp_path)
     assert r.code == 0, r.stderr
     folder = Path(r.stdout.strip())
-    assert folder == tmp_path / "duo" and datasets.get("duo").present(folder)
+    assert folder == tmp_path / "shapes" and datasets.get("shapes").present(folder)
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*.png")}
     assert len(before) == len(duo.CLASSES) * sum(SMALL.values())
-    again = cli("download", "duo", "--root", tmp_path)
+    again = cli("download", "shapes", "--root", tmp_path)
     assert again.code == 0 and again.stdout == r.stdout
+    # The earlier name finds the same world in the same folder.
+    alias = cli("download", "duo", "--root", tmp_path)
+    assert alias.code == 0 and alias.stdout == r.stdout
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.png")} == before
 
 
+def test_a_folder_the_easy_world_drew_is_refused_then_drawn_over(cli, tmp_path, monkeypatch):
+    """`shapes` was the easy world's name: a folder an earlier nlp drew there (its stamp names
+    no world and lists the easy classes) is refused in one line, never embedded as this world,
+    and `nlp download shapes` draws this world over it."""
+    from nlp_cli.datasets import shapes as easy
+
+    monkeypatch.setattr(duo, "COUNTS", SMALL)
+    folder = easy.generate(tmp_path / "data", seed=0, counts=SMALL)
+    stamp = json.loads((folder / ".shapes.json").read_text())
+    del stamp["world"]  # as an earlier nlp wrote it
+    (folder / ".shapes.json").write_text(json.dumps(stamp))
+    legacy = folder.rename(tmp_path / "data" / "shapes")
+    monkeypatch.setenv("NLP_HOME", str(tmp_path / "home"))
+    r = cli("embed", "shapes", "--root", tmp_path / "data", "--model", "tiny-shapes")
+    assert r.code != 0 and len(r.stderr.strip().splitlines()) == 1
+    assert "not shapes" in r.stderr and "nlp download shapes" in r.stderr
+    assert not datasets.get("shapes").present(legacy)
+    r = cli("download", "shapes", "--root", tmp_path / "data")
+    assert r.code == 0, r.stderr
+    ds = datasets.get("shapes").load(legacy)
+    assert ds.classnames == list(duo.CLASSES)
+
+
 def test_shipped_model_loads_by_name_and_knows_the_world():
-    loaded = clip_model.load("tiny-duo")
-    path = clip_model.BUILTIN["tiny-duo"]
+    loaded = clip_model.load("tiny-shapes")
+    path = clip_model.BUILTIN["tiny-shapes"]
+    assert clip_model.BUILTIN["tiny-duo"] == path  # the model's earlier name
     assert path.stat().st_size < 10e6
     state = torch.load(path, map_location="cpu")
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
-    assert loaded.identity["name"] == "tiny-duo"
+    assert loaded.identity["name"] == "tiny-shapes"
     assert loaded.identity["input_resolution"] == 64
     classes = list(duo.CLASSES)
     images, labels = [], []
@@ -143,13 +173,13 @@ def test_shipped_model_loads_by_name_and_knows_the_world():
     assert loaded.logit_scale > 30
 
 
-def test_embed_reads_duo_with_the_builtin_model(cli, small_world, tmp_path):
-    r = cli("embed", str(small_world), "--model", "tiny-duo", "--out", tmp_path / "f.st")
+def test_embed_reads_shapes_with_the_builtin_model(cli, small_world, tmp_path):
+    r = cli("embed", str(small_world), "--model", "tiny-shapes", "--out", tmp_path / "f.st")
     assert r.code == 0, r.stderr
     art = artifacts.load(r.stdout.strip(), "features")
     assert art.classnames == list(duo.CLASSES)
     assert art.tensors["test.labels"].tolist() == sorted(range(len(duo.CLASSES)))
-    assert art.meta["model"]["name"] == "tiny-duo"
+    assert art.meta["model"]["name"] == "tiny-shapes"
 
 
 def test_pretraining_script_writes_a_loadable_checkpoint(tmp_path):

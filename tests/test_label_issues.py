@@ -36,7 +36,7 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    """The offline world's images, generated as `nlp download shapes` does (fewer per class)."""
+    """The easy world's images, generated as `nlp download shapes-easy` does (fewer per class)."""
     return shapes.generate(tmp_path_factory.mktemp("world"), seed=0, counts=COUNTS)
 
 
@@ -151,7 +151,7 @@ def test_cleanlab_purifier_flags_cleanlabs_estimate():
 
 def test_done_when_the_report_finds_planted_errors_in_every_split(cli, world, tmp_path):
     folder, planted = user_folder(world, tmp_path / "my_photos")
-    r = cli("embed", folder, "--model", "tiny-shapes")
+    r = cli("embed", folder, "--model", "tiny-shapes-easy")
     assert r.code == 0, r.stderr
     feats = r.stdout.strip()
     out, sheet, page = tmp_path / "report.csv", tmp_path / "sheet.png", tmp_path / "page.html"
@@ -233,7 +233,7 @@ def test_label_issues_on_a_csv_of_real_images(cli, tmp_path):
             if cname in ("Forest", "Sea or Lake", "Highway or Road"):
                 lines.append(f"{root / rel},{cname},{name}")
     (tmp_path / "mine.csv").write_text("\n".join(lines) + "\n")
-    r = cli("embed", tmp_path / "mine.csv", "--model", "tiny-shapes")
+    r = cli("embed", tmp_path / "mine.csv", "--model", "tiny-shapes-easy")
     assert r.code == 0, r.stderr
     r = cli("label-issues", r.stdout.strip(), "--out", tmp_path / "r.csv")
     assert r.code == 0, r.stderr
@@ -260,7 +260,7 @@ def test_purify_report_keeps_its_columns_and_warns_at_chance(cli, world, tmp_pat
 
 def test_probe_probabilities_find_the_planted_errors_without_clip_text(cli, world, tmp_path):
     folder, planted = user_folder(world, tmp_path / "my_photos")
-    feats = cli("embed", folder, "--model", "tiny-shapes").stdout.strip()
+    feats = cli("embed", folder, "--model", "tiny-shapes-easy").stdout.strip()
     out = tmp_path / "probe.csv"
     r = cli("label-issues", feats, "--probs", "probe", "--out", out, "--json")
     assert r.code == 0, r.stderr

@@ -49,7 +49,7 @@ def _lookup(name: str) -> DatasetSpec | None:
     key = name.lower().replace("-", "_")
     if key in CATALOG:
         return CATALOG[key]
-    return next((s for s in CATALOG.values() if name == s.folder), None)
+    return next((s for s in CATALOG.values() if name == s.folder or name in s.aliases), None)
 
 
 def get(name: str) -> DatasetSpec:

@@ -60,7 +60,8 @@ CLASSES = tuple(
 )
 SIZE = 64
 COUNTS = {"train": 32, "val": 10, "test": 30}
-SPLIT_FILE = "split_duo.json"
+FOLDER = "shapes"
+SPLIT_FILE = "split_shapes.json"
 VERSION = 1
 TINT = (15.0, 25.0)  # degrees of hue turn of the dataset's look
 
@@ -138,10 +139,10 @@ def generate(
     classes: tuple[str, ...] = CLASSES,
     size: int = SIZE,
 ) -> Path:
-    """Write the dataset to `root/duo` (unless it is already there) and return it."""
+    """Write the dataset to `root/shapes` (unless it is already there) and return it."""
     return _shapes.write_world(
         root,
-        "duo",
+        FOLDER,
         SPLIT_FILE,
         VERSION,
         render,

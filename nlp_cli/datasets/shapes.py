@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from nlp_cli.datasets.splits import Split, save_split_file
+from nlp_cli.errors import NlpError
 
 # Hue (degrees), saturation range, value range.
 COLOURS: dict[str, tuple[float, tuple[float, float], tuple[float, float]]] = {
@@ -52,7 +53,8 @@ DATASET_SHAPES = ("circle", "square", "triangle", "star", "cross")
 CLASSES = tuple(f"{c} {s}" for c in DATASET_COLOURS for s in DATASET_SHAPES)
 SIZE = 64
 COUNTS = {"train": 40, "val": 10, "test": 30}
-SPLIT_FILE = "split_shapes.json"
+FOLDER = "shapes-easy"
+SPLIT_FILE = "split_shapes_easy.json"
 VERSION = 1
 
 
@@ -263,10 +265,10 @@ def generate(
     classes: tuple[str, ...] = CLASSES,
     size: int = SIZE,
 ) -> Path:
-    """Write the dataset to `root/shapes` (unless it is already there) and return that folder."""
+    """Write the dataset to `root/shapes-easy` (unless it is already there) and return it."""
     return write_world(
         root,
-        "shapes",
+        FOLDER,
         SPLIT_FILE,
         VERSION,
         draw_item,
@@ -297,6 +299,7 @@ def write_world(
     root = Path(root)
     out = root / name
     stamp = {
+        "world": name,
         "version": version,
         "seed": seed,
         "counts": counts,
@@ -324,6 +327,22 @@ def write_world(
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def check_stamp(folder: Path, name: str, classes: Callable[[], tuple[str, ...]]) -> None:
+    """Refuse a folder that another generated world wrote: its stamp must name `name` (a stamp
+    from before worlds were named in it must list the world's `classes()`), so that a folder
+    drawn before a world was renamed is never read as the new one."""
+    stamp = _read_stamp(folder)
+    if stamp is None:
+        return  # a copy without the stamp (e.g. a user's own tree in this layout)
+    world = stamp.get("world")
+    if world == name or (world is None and stamp.get("classes") == list(classes())):
+        return
+    drawn = f"the {world} world" if world else "another world (an earlier nlp's)"
+    raise NlpError(
+        f"{folder} holds {drawn}, not {name}: run `nlp download {name}` to draw it again"
+    )
 
 
 def _read_stamp(folder: Path) -> dict | None:

@@ -62,6 +62,7 @@ DATASET_SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
 CLASSES = tuple(f"{c} {s}" for s in DATASET_SHAPES for c in DATASET_COLOURS)
 SIZE = 64
 COUNTS = {"train": 32, "val": 10, "test": 30}
+FOLDER = "shapes-fine"
 SPLIT_FILE = "split_shapes_fine.json"
 VERSION = 2
 
@@ -106,7 +107,7 @@ def generate(
 
     return _shapes.write_world(
         root,
-        "shapes-fine",
+        FOLDER,
         SPLIT_FILE,
         VERSION,
         render,

@@ -62,11 +62,21 @@ class DatasetSpec:
     needs: tuple[str, ...] = ()  # files `build` reads: with them, a missing split is regenerated
     # A label set for another entry's images (CIFAR-10N for cifar10): label files, no images.
     labels_for: str = ""
+    # A generated world's check of a folder before it is read (refuses another world's folder).
+    verify: Callable[[Path], None] | None = field(default=None, compare=False)
+    aliases: tuple[str, ...] = ()  # earlier names that still find this entry
 
     def present(self, folder: Path) -> bool:
         """True when `folder` holds this dataset's images and a split (file or rule)."""
         if self.generate is not None:
-            return folder.is_dir() and any(folder.glob("split*.json"))
+            if not (folder.is_dir() and any(folder.glob("split*.json"))):
+                return False
+            try:
+                if self.verify is not None:
+                    self.verify(folder)
+            except NlpError:
+                return False  # another world's folder: `nlp download` draws this one over it
+            return True
         if (folder / INCOMPLETE).exists():
             return False
         if self.labels_for:
@@ -104,6 +114,8 @@ class DatasetSpec:
                 f"embed {self.labels_for} and give the labels to `nlp corrupt`"
             )
         if self.generate is not None:
+            if self.verify is not None:
+                self.verify(folder)
             ds = load_split_folder(folder)
             if ds is None:
                 raise NlpError(f"{folder} holds no split file for {self.name}")
