@@ -288,3 +288,29 @@ def test_shared_prefix_is_held_once_not_per_class(tiny):
     plain = plain_text_features(tiny, learner)
     assert (feats - plain).abs().max().item() <= 1e-4
     assert sizes and max(sizes) < len(names) * p * width
+
+
+def test_bpe_encode_builds_clip_tokenizer_once_and_matches_a_fresh_one(monkeypatch, tiny):
+    """A learner over many class names builds CLIP's BPE tokenizer once (building one parses the
+    gzipped merge list; once per name it dominated a run's start), and the ids are those of a
+    freshly built tokenizer."""
+    simple = clip_model._clip().simple_tokenizer
+    built = []
+
+    class Counting(simple.SimpleTokenizer):
+        def __init__(self, *a, **k):
+            built.append(1)
+            super().__init__(*a, **k)
+
+    clip_model._simple_tokenizer.cache_clear()
+    monkeypatch.setattr(simple, "SimpleTokenizer", Counting)
+    try:
+        names = [f"class number {i}" for i in range(40)] + NAMES
+        PromptLearner(tiny, names, generator=torch.Generator().manual_seed(0))
+        PromptLearner(tiny, NAMES, generator=torch.Generator().manual_seed(0))
+        assert len(built) == 1
+        fresh = Counting()
+        for text in [*NAMES, "a photo of a red on blue.", "X-ray, 3D!"]:
+            assert clip_model.bpe_encode(tiny, text) == fresh.encode(text)
+    finally:
+        clip_model._simple_tokenizer.cache_clear()
