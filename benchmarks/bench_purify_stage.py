@@ -47,8 +47,8 @@ def child(ls: str, out: str, threads: int) -> None:
     torch.set_num_threads(threads)
     t = {"imports (torch, clip, nlp_cli)": time.perf_counter() - T0}
     t["reading the label set and features"], data = timed(lambda: load_data(ls, LABEL_KINDS))
-    t["loading the CLIP checkpoint (ViT-B/16-sized, fp16 file)"], loaded = timed(
-        lambda: clip_model.load_for(data.features.meta, device="cpu")
+    t["loading the CLIP checkpoint's text tower (ViT-B/16-sized, fp16 file)"], loaded = timed(
+        lambda: clip_model.load_for(data.features.meta, device="cpu", image=False)
     )
     text_s, text = timed(lambda: text_prototypes(data.features, loaded, None))
     t[f"encoding the {text.shape[0]} hand prompts (text tower, once)"] = text_s

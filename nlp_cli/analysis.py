@@ -114,8 +114,9 @@ class AnalysisInput:
 
 
 def load_model_for(features: artifacts.Artifact, model: str | None = None) -> clip_model.LoadedClip:
-    """The CLIP model a features artifact was made with (`model` overrides the recorded one)."""
-    return clip_model.load_for(features.meta, model)
+    """The text tower of the CLIP model a features artifact was made with (`model` overrides
+    the recorded one): the analyses read cached image features."""
+    return clip_model.load_for(features.meta, model, image=False)
 
 
 def prepare(

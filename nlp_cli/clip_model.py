@@ -291,12 +291,17 @@ def grad_scaler(device: str | torch.device, precision: str) -> torch.amp.GradSca
 
 @dataclass
 class LoadedClip:
-    """A frozen CLIP model, its image preprocessing, its identity for artifacts and precision."""
+    """A frozen CLIP model, its image preprocessing, its identity for artifacts and precision.
+
+    `image` says whether the image tower is there: without it (`load(..., image=False)`)
+    `preprocess` is None and encode_image refuses in one line.
+    """
 
     model: Any
     preprocess: Any
     identity: dict[str, Any]
     precision: str = "fp32"
+    image: bool = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -324,6 +329,119 @@ def identity(name_or_path: str, path: Path, model: Any) -> dict[str, Any]:
         "embed_dim": int(model.text_projection.shape[1]),
         "input_resolution": int(model.visual.input_resolution),
     }
+
+
+class NoImageTower(torch.nn.Module):
+    """What stands for the image tower of a model loaded with `image=False`: its input
+    resolution (the identity records it) and a forward that refuses, in one line."""
+
+    def __init__(self, input_resolution: int) -> None:
+        super().__init__()
+        self.input_resolution = int(input_resolution)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        raise NlpError(
+            "this CLIP was loaded without its image tower (clip_model.load(..., image=False)): "
+            "load it with image=True to encode images"
+        )
+
+
+# Entries of an OpenAI checkpoint that are no weights (JIT archives hold them, build_model drops)
+_NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
+
+
+@functools.cache
+def _text_clip_class() -> type:
+    clip = _clip()
+
+    class TextClip(clip.model.CLIP):
+        """OpenAI's CLIP without its image tower: clip.model.CLIP's text tower, encode_text and
+        attributes, built on the meta device so that no weight is allocated before the
+        checkpoint's are assigned; `visual` is a NoImageTower."""
+
+        def __init__(
+            self,
+            embed_dim: int,
+            input_resolution: int,
+            context_length: int,
+            vocab_size: int,
+            width: int,
+            layers: int,
+        ) -> None:
+            # the smallest image tower CLIP builds (one block, one patch), on meta and replaced:
+            # CLIP.__init__ sets up the text tower exactly as for the full model
+            with torch.device("meta"):
+                super().__init__(
+                    embed_dim,
+                    image_resolution=input_resolution,
+                    vision_layers=1,
+                    vision_width=64,
+                    vision_patch_size=input_resolution,
+                    context_length=context_length,
+                    vocab_size=vocab_size,
+                    transformer_width=width,
+                    transformer_heads=width // 64,
+                    transformer_layers=layers,
+                )
+            self.visual = NoImageTower(input_resolution)
+            mask = self.build_attention_mask()  # the blocks hold it as a plain attribute
+            for blk in self.transformer.resblocks:
+                blk.attn_mask = mask
+
+        @property
+        def dtype(self) -> torch.dtype:
+            # CLIP reads visual.conv1.weight.dtype; text_projection is cast with it everywhere
+            # (clip.model.convert_weights, to_precision), so it is the same dtype
+            return self.text_projection.dtype
+
+    return TextClip
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors as clip.load reads them (a JIT archive, else a state dict); a
+    state dict is memory-mapped where its format allows, so tensors never used are never read."""
+    try:
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except RuntimeError:
+        pass
+    try:
+        return torch.load(path, map_location="cpu", mmap=True)
+    except RuntimeError:  # the legacy (pre-zip) format cannot be mapped
+        return torch.load(path, map_location="cpu")
+
+
+def _input_resolution(state: dict[str, torch.Tensor]) -> int:
+    """The image size of an OpenAI checkpoint, from its image tower's shapes (as build_model)."""
+    if "visual.proj" in state:
+        patch = state["visual.conv1.weight"].shape[-1]
+        return patch * round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    return 32 * round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+
+
+def _load_text_clip(path: Path, device: str) -> Any:
+    """The text tower of an OpenAI-layout checkpoint, its weights the file's (before
+    to_precision); the image tower's weights are dropped unread."""
+    state = _read_state(path)
+    resolution = _input_resolution(state)
+    text = {k: v for k, v in state.items() if not k.startswith("visual.") and k not in _NOT_WEIGHTS}
+    del state
+    blocks = {k.split(".")[2] for k in text if k.startswith("transformer.resblocks.")}
+    model = _text_clip_class()(
+        embed_dim=text["text_projection"].shape[1],
+        input_resolution=resolution,
+        context_length=text["positional_embedding"].shape[0],
+        vocab_size=text["token_embedding.weight"].shape[0],
+        width=text["ln_final.weight"].shape[0],
+        layers=len(blocks),
+    )
+    model.load_state_dict(text, assign=True)
+    return model.to(device).eval()
+
+
+def _drop_image_tower(model: Any) -> None:
+    """Replace a loaded model's image tower with a NoImageTower (its weights are freed)."""
+    holder = model.inner if isinstance(model, OpenClip) else model
+    holder.visual = NoImageTower(model.visual.input_resolution)
 
 
 class OpenClip(torch.nn.Module):
@@ -561,42 +679,62 @@ def recorded_refs(recorded: dict[str, Any], override: str | None = None) -> list
     return [c for c in (name, recorded.get("path")) if c]
 
 
+# (model, device, precision) -> the model loaded last; one with its image tower also serves
+# text-only callers, a text-only one is replaced when the image tower is asked for
 _loaded: dict[tuple[str, str, str], LoadedClip] = {}
 
 
 def load(
-    name_or_path: str, device: str | torch.device = "cpu", precision: str | None = None
+    name_or_path: str,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    *,
+    image: bool = True,
 ) -> LoadedClip:
     """Load a frozen CLIP with clip-anytorch's ordinary path, its weights in `precision`;
     `open_clip:ARCH@PRETRAINED` (model_ref) with open_clip's create_model_and_transforms.
 
     `precision` None is resolve_precision's default (fp16 on CUDA, fp32 on CPU). The identity
     does not depend on it: artifacts made at any precision name the same model.
+
+    `image=False` loads the text tower only, for stages that read cached image features: the
+    same text weights and identity; an OpenAI-layout checkpoint's image-tower weights are never
+    read (a JIT archive's are read and dropped), an open_clip model's are built and dropped.
     """
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     if is_open_clip(name_or_path):
         ref = resolve_open_clip(name_or_path)
         key = (f"{OPEN_CLIP}{ref.arch}@{ref.path or ref.pretrained}", device, precision)
-        if key not in _loaded:
-            model, preprocess = _load_open_clip(ref, device, precision)
-            _freeze(model)
-            _loaded[key] = LoadedClip(model, preprocess, open_clip_identity(ref, model), precision)
+        hit = _loaded.get(key)
+        if hit is not None and (hit.image or not image):
+            return hit
+        model, preprocess = _load_open_clip(ref, device, precision)
+        _freeze(model)
+        ident = open_clip_identity(ref, model)  # random weights: digested with the image tower
+        if not image:
+            _drop_image_tower(model)
+            preprocess = None
+        _loaded[key] = LoadedClip(model, preprocess, ident, precision, image)
         return _loaded[key]
     path = resolve(name_or_path)
     key = (str(path.resolve()), device, precision)
-    if key in _loaded:
-        return _loaded[key]
-    clip = _clip()
+    hit = _loaded.get(key)
+    if hit is not None and (hit.image or not image):
+        return hit
+    preprocess = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model, preprocess = clip.load(str(path), device=device, jit=False)
+            if image:
+                model, preprocess = _clip().load(str(path), device=device, jit=False)
+            else:
+                model = _load_text_clip(path, device)
     except Exception as e:
         raise ArtifactError(f"{path} is not a loadable CLIP checkpoint ({type(e).__name__})") from e
     to_precision(model, precision)
     _freeze(model)
-    loaded = LoadedClip(model, preprocess, identity(name_or_path, path, model), precision)
+    loaded = LoadedClip(model, preprocess, identity(name_or_path, path, model), precision, image)
     _loaded[key] = loaded
     return loaded
 
@@ -612,12 +750,14 @@ def load_for(
     override: str | None = None,
     device: str | torch.device = "cpu",
     precision: str | None = None,
+    *,
+    image: bool = True,
 ) -> LoadedClip:
     """The CLIP model an artifact was made with: by its recorded name, else its recorded path.
 
     `override` (a name or path) replaces the recorded one and must have the same digest (a
     bare `open_clip:ARCH` that is the recorded one keeps the recorded weights);
-    `device` and `precision` are as in load.
+    `device`, `precision` and `image` are as in load.
     """
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
@@ -629,7 +769,7 @@ def load_for(
     last: Exception | None = None
     for cand in candidates:
         try:
-            loaded = load(cand, device, precision)
+            loaded = load(cand, device, precision, image=image)
         except (UsageError, ArtifactError) as e:
             if override and isinstance(e, UsageError):
                 raise  # a misspelt --model: the usage error with its suggestion

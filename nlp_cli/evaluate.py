@@ -48,7 +48,8 @@ def evaluate(
     if key not in feats.tensors:
         have = sorted({k.split(".")[0] for k in feats.tensors if k.endswith(".features")})
         raise UsageError(f"{feats.path} has no {split} split (it has: {', '.join(have)})")
-    loaded = clip_model.load_for(feats.meta, model, device=device, precision=precision)
+    # the features are cached: the text tower is all this needs
+    loaded = clip_model.load_for(feats.meta, model, device=device, precision=precision, image=False)
     with torch.no_grad():
         if untrained is not None:
             from nlp_cli.prompt import PromptLearner, text_features

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,6 +311,12 @@ class TrainResult:
     prompt_meta: dict[str, Any]
     config: TrainConfig
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def needs_images(configs: Iterable[TrainConfig]) -> bool:
+    """Whether any of these runs encodes images (`--augment online`): the others train on
+    cached features and need CLIP's text tower only."""
+    return any(c.augment == "online" for c in configs)
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -788,7 +794,10 @@ def _setup(datas, configs, loaded, init_ctxs, checkpoints, resume, run_keys):
     device = torch.device(configs[0].device)
     if loaded is None:
         loaded = clip_model.load_for(
-            datas[0].features.meta, device=device, precision=configs[0].precision
+            datas[0].features.meta,
+            device=device,
+            precision=configs[0].precision,
+            image=needs_images(configs),
         )
     model = loaded.model
     for p in model.parameters():

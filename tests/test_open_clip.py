@@ -14,7 +14,7 @@ import torch
 
 from nlp_cli import clip_model, prompt
 from nlp_cli.datasets.download import DownloadError
-from nlp_cli.errors import ArtifactError, UsageError
+from nlp_cli.errors import ArtifactError, NlpError, UsageError
 
 open_clip = pytest.importorskip("open_clip")
 from open_clip.transformer import text_global_pool  # noqa: E402
@@ -173,6 +173,32 @@ def test_load_by_file_and_random_weights(nlp_home, tmp_path):
     # a bare open_clip:ARCH override keeps the artifact's recorded weights
     again = clip_model.load_for({"model": ident}, "open_clip:tiny-oc")
     assert again.identity["digest"] == ident["digest"]
+
+
+@pytest.mark.parametrize("weights", ["file", "none"])
+def test_text_only_load_keeps_the_identity_and_the_text_tower(nlp_home, tmp_path, weights):
+    """image=False: open_clip builds the whole model, the image tower is dropped after the
+    identity is taken (random weights are digested with it), the text tower is unchanged."""
+    config_file(nlp_home)
+    ckpt = clip_model.save_open_clip(clip_model.build_open_clip("tiny-oc", seed=3), tmp_path / "w")
+    ref = clip_model.model_ref("open_clip:tiny-oc", str(ckpt) if weights == "file" else "none")
+    clip_model._loaded.clear()
+    text = clip_model.load(ref, image=False)
+    clip_model._loaded.clear()
+    full = clip_model.load(ref)
+    assert text.identity == full.identity and not text.image and text.preprocess is None
+    assert text.dtype == full.dtype and text.logit_scale == full.logit_scale
+    assert sum(p.numel() for p in text.model.visual.parameters()) == 0
+    assert text.model.visual.input_resolution == full.model.visual.input_resolution == 32
+    tokens = text.model.tokenizer(NAMES)
+    with torch.no_grad():
+        assert torch.equal(text.model.encode_text(tokens), full.model.encode_text(tokens))
+        a = clip_model.class_prototypes(text.model, NAMES)
+        assert torch.equal(a, clip_model.class_prototypes(full.model, NAMES))
+        with pytest.raises(NlpError, match="without its image tower"):
+            text.model.encode_image(torch.randn(1, 3, 32, 32))
+    assert clip_model.load(ref, image=False) is full
+    clip_model._loaded.clear()
 
 
 def test_bad_references_fail_in_one_line(nlp_home, tmp_path):

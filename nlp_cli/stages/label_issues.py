@@ -184,7 +184,11 @@ def find_label_issues(
         probs = cl.probe_probabilities(pool.features, pool.labels, len(feats.classnames))
     else:
         loaded = clip_model.load_for(
-            feats.meta, override=opts.model, device=opts.device, precision=opts.precision
+            feats.meta,
+            override=opts.model,
+            device=opts.device,
+            precision=opts.precision,
+            image=False,
         )
         text = text_prototypes(feats, loaded, opts.prompt, opts.template).float().cpu()
         probs = purifiers.class_logits(pool.features, text, loaded.logit_scale).softmax(dim=-1)

@@ -157,7 +157,7 @@ def make_partition(
 
     result = StageResult(target)
     loaded = clip_model.load_for(
-        feats.meta, override=opts.model, device=opts.device, precision=opts.precision
+        feats.meta, override=opts.model, device=opts.device, precision=opts.precision, image=False
     )
     text = text_prototypes(feats, loaded, opts.prompt, opts.template)
     given, true = data.labels, data.true_labels

@@ -285,6 +285,7 @@ def train_prompts(
     """
     from nlp_cli import checkpoints, clip_model
     from nlp_cli.evaluate import last_k_mean
+    from nlp_cli.train import needs_images
 
     opts = opts or TrainOptions()
     runs = plan_runs([Path(p) for p in inputs], opts)
@@ -297,6 +298,7 @@ def train_prompts(
             opts.model,
             device=first.config.device,
             precision=first.config.precision,
+            image=needs_images(r.config for r in pending),
         )
         if opts.export_coop is not None and first.hit:
             prompt = artifacts.load(first.target, "prompt")
@@ -311,6 +313,7 @@ def train_prompts(
                 opts.model,
                 device=group[0].config.device,
                 precision=group[0].config.precision,
+                image=needs_images(r.config for r in group),
             )
         said = f"training on {group[0].config.device} ({group[0].config.precision})"
         start = (lambda line=said: on_info(line)) if on_info is not None else None
