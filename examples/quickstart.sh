@@ -4,6 +4,8 @@
 #
 #   download shapes → embed → corrupt (sym 80 %) → purify → train ce / dsoftmax / nlprompt → eval
 #
+# The same, one stage per pipe: nlp corrupt FEATS --sym 0.8 | nlp purify | nlp train --loss nlprompt | nlp eval
+#
 # Next to the methods stand the baselines that give their numbers a meaning: zero-shot CLIP (the
 # hand prompt), an untrained random context (what the prompt is before any learning) and CoOp on
 # the clean labels (what learning reaches without noise).
@@ -29,17 +31,20 @@ labels=$(nlp corrupt "$feats" $NOISE --seed "$SEED")
 
 nlp eval --zero-shot "$feats" --json >"$work/zero-shot.json"
 nlp eval --untrained "$feats" --seed "$SEED" --json >"$work/untrained.json"
+# NLPrompt's purification: optimal transport against the text prototypes splits the noisy labels
+# into the samples it finds clean (trained with CE) and the rest (trained with MAE, 1 − p_y).
+part=$(nlp purify "$labels")
+# One `nlp train` call, four runs paired item by item (--zip) and trained together, one
+# text-encoder pass per step for all of them (each run equals the run alone): CoOp on the clean
+# labels, CoOp and DSPT on the noisy ones, NLPrompt on the partition. One path per line.
 # shellcheck disable=SC2086
-nlp train "$feats" --loss ce --seed "$SEED" $TRAIN | nlp eval --json >"$work/clean.json"
-# shellcheck disable=SC2086
-for loss in ce dsoftmax; do
-    nlp train "$labels" --loss "$loss" --seed "$SEED" $TRAIN | nlp eval --json >"$work/$loss.json"
+trained=$(nlp train "$feats" "$labels" "$labels" "$part" --zip \
+    --loss ce,ce,dsoftmax,nlprompt --seed "$SEED" $TRAIN)
+mapfile -t prompts <<<"$trained"
+runs=(clean ce dsoftmax nlprompt)
+for i in "${!runs[@]}"; do
+    nlp eval "${prompts[$i]}" --json >"$work/${runs[$i]}.json"
 done
-# NLPrompt: optimal-transport purification against the text prototypes, then CE on the samples
-# it finds clean and MAE (1 − p_y) on the rest.
-# shellcheck disable=SC2086
-nlp purify "$labels" | nlp train --loss nlprompt --seed "$SEED" $TRAIN | nlp eval --json \
-    >"$work/nlprompt.json"
 
 python - "$work" "$NOISE" "$DATASET" "$MODEL" <<'PY'
 import json, sys
