@@ -531,10 +531,15 @@ def finish_cell(grid: Grid, cell: Cell, feats: Path, prompt: Path, stages: Stage
 
 
 def train_together(
-    grid: Grid, jobs: list[tuple[Cell, Path, Path]], stages: Stages, device: str
+    grid: Grid,
+    jobs: list[tuple[Cell, Path, Path]],
+    stages: Stages,
+    device: str,
+    on_group: Callable[[list[Cell]], None] | None = None,
 ) -> None:
     """One zipped `train_prompts` per group of jobs on one dataset with the same training
-    options: their prompts go through the text encoder together, each equal to its cell alone."""
+    options: their prompts go through the text encoder together, each equal to its cell alone.
+    `on_group(cells)` hears each group as soon as it has trained (before the next one starts)."""
     from nlp_cli.stages.train import split_knobs
 
     groups: dict[tuple, list[tuple[Cell, Path, Path]]] = {}
@@ -553,6 +558,8 @@ def train_together(
         opts.loss_knobs = {k: v for k, v in per_loss.items() if k in set(opts.losses)}
         opts.zip = True
         stages.train_prompts([train_input for _, train_input, _ in group], opts)
+        if on_group is not None:
+            on_group([cell for cell, _, _ in group])
 
 
 def record(cell: Cell, metrics: dict[str, Any], metric: str) -> dict[str, Any]:
@@ -597,26 +604,38 @@ def run_sweep(
             if cell not in todo:
                 progress(cell, "cached")
     planned = {c: cell_inputs(grid, c, feats[c.dataset], stages) for c in todo}
+    finished: set[Cell] = set()
+
+    def finish(cell: Cell) -> None:
+        finish_cell(grid, cell, feats[cell.dataset], planned[cell][1], stages, device)
+        finished.add(cell)
+        if progress:
+            progress(cell, "done")
+
     if batch and todo:
         jobs = [(c, *planned[c]) for c in todo]
         if progress:
             for c in todo:
                 progress(c, "running")
-        train_together(grid, jobs, stages, device)
+        # Each group's cells are evaluated and written as soon as it has trained, so that an
+        # interrupted sweep keeps every group that finished.
+        train_together(
+            grid, jobs, stages, device, on_group=lambda cells: [finish(c) for c in cells]
+        )
     for cell in mine:
         if cell not in planned:
             skipped += 1
             continue
         ran += 1
+        if cell in finished:
+            continue
         train_input, prompt = planned[cell]
         if not batch:
             if progress:
                 progress(cell, "running")
             opts = train_options(grid, cell, prompt, device)
             stages.train_prompts([train_input], opts)
-        finish_cell(grid, cell, feats[cell.dataset], prompt, stages, device)
-        if progress:
-            progress(cell, "done")
+        finish(cell)
     if world > 1:
         _barrier()
         if rank != 0:

@@ -408,3 +408,37 @@ def test_the_papers_numbers_print_beside_ours_on_the_terminal(cli, grid_file, mo
         mean = sum(accs) / 2
         row = f"| DSPT | {setting} | {paper:.2f} | {mean:.2f} | {mean - paper:+.2f} |"
         assert row in r.stderr
+
+
+def test_batched_groups_are_written_as_each_finishes(tmp_path, grid_file):
+    """Cells trained together are evaluated and written group by group: when the second group
+    (other training options) starts, the first group's metrics are already on disk, so an
+    interrupted sweep keeps them; a rerun then trains only what is missing."""
+    text = grid_file.read_text().replace(
+        "  - {name: NLPrompt, loss: nlprompt}",
+        "  - {name: UPL, loss: gce, train: {targets: zero-shot}}",
+    )
+    assert "UPL" in text
+    grid_file.write_text(text)
+    grid = sweep.load_grid(grid_file)
+    seen: list[set[str]] = []
+
+    class Interrupted(FakeStages):
+        def train_prompts(self, inputs, opts):
+            seen.append({p.parent.name + "/" + p.stem for p in grid.folder().rglob("*.json")})
+            if len(seen) == 2:
+                raise KeyboardInterrupt  # the sweep dies as the second group starts
+            return super().train_prompts(inputs, opts)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(grid, stages=Interrupted(), batch=True)
+    first_group = [c for c in grid.cells() if c.method.name != "UPL"]
+    assert seen[0] == set() and len(first_group) == 8
+    assert all(
+        sweep.cell_done(grid, c, grid_file.parent / "feats.safetensors") for c in first_group
+    )
+    stages = FakeStages()
+    again = sweep.run_sweep(grid, stages=stages, batch=True)
+    trained = [c for c in stages.calls if c[0] == "train"]
+    assert len(trained) == 1 and trained[0][2].losses == ["gce"] * 4
+    assert again.ran == 4 and again.skipped == 8 and len(again.records) == 12
