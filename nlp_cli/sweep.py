@@ -535,11 +535,12 @@ def train_together(
     jobs: list[tuple[Cell, Path, Path]],
     stages: Stages,
     device: str,
-    on_group: Callable[[list[Cell]], None] | None = None,
+    on_trained: Callable[[Cell], None] | None = None,
 ) -> None:
     """One zipped `train_prompts` per group of jobs on one dataset with the same training
     options: their prompts go through the text encoder together, each equal to its cell alone.
-    `on_group(cells)` hears each group as soon as it has trained (before the next one starts)."""
+    `on_trained(cell)` hears each cell of a group as soon as the group has trained (before the
+    next one starts)."""
     from nlp_cli.stages.train import split_knobs
 
     groups: dict[tuple, list[tuple[Cell, Path, Path]]] = {}
@@ -558,8 +559,9 @@ def train_together(
         opts.loss_knobs = {k: v for k, v in per_loss.items() if k in set(opts.losses)}
         opts.zip = True
         stages.train_prompts([train_input for _, train_input, _ in group], opts)
-        if on_group is not None:
-            on_group([cell for cell, _, _ in group])
+        if on_trained is not None:
+            for cell, _, _ in group:
+                on_trained(cell)
 
 
 def record(cell: Cell, metrics: dict[str, Any], metric: str) -> dict[str, Any]:
@@ -619,9 +621,7 @@ def run_sweep(
                 progress(c, "running")
         # Each group's cells are evaluated and written as soon as it has trained, so that an
         # interrupted sweep keeps every group that finished.
-        train_together(
-            grid, jobs, stages, device, on_group=lambda cells: [finish(c) for c in cells]
-        )
+        train_together(grid, jobs, stages, device, on_trained=finish)
     for cell in mine:
         if cell not in planned:
             skipped += 1
