@@ -305,7 +305,7 @@ def _suffix_pass(
     (run-major), each row computed up to its own EOT, attending to the prefix keys/values."""
     blocks = list(model.transformer.resblocks)
     heads = blocks[0].attn.num_heads
-    runs, n_cls, width = plan.runs, plan.classes, x.shape[-1]
+    runs, n_cls, width = plan.runs, plan.rows, x.shape[-1]
     s = plan.length - plan.prefix
     valid_at, eot_at = plan.valid_at, plan.eot_at
     prefixed = bool(prefix_kvs)
@@ -361,7 +361,9 @@ def text_features_many(
     The R×C class suffixes go through each layer as one packed batch; each prompt's shared
     prefix runs once and only its own classes attend to it. Prompt r's rows depend on prompt
     r's ctx alone, so a loss summed over the R prompts gives each ctx its own gradient.
-    `core` replaces `encode_packed` (the same function under torch.compile, say).
+    `core` replaces `encode_rows` (the same function under torch.compile, say); chunks are
+    then padded to one set of shapes (pack_plans' `uniform`) and each chunk's real classes
+    are taken from what it returns.
 
     With more classes than one chunk (resolve_chunk), the classes go through the whole tower
     one chunk at a time, each chunk through `core` with its own plan (pack_plans); under
@@ -374,11 +376,11 @@ def text_features_many(
     check_batchable(learners)
     if not clip_model.fast_text(model):
         return torch.stack([plain_text_features(model, learner) for learner in learners])
-    encoder = core or encode_packed
-    plans = pack_plans(learners[0], len(learners), class_chunk)
+    encoder = core or encode_rows
+    plans = pack_plans(learners[0], len(learners), class_chunk, uniform=core is not None)
 
     def encode(plan: PackPlan) -> torch.Tensor:
-        return encoder(model, plan_prompts(learners, plan), plan)
+        return encoder(model, plan_prompts(learners, plan), plan)[:, : plan.classes]
 
     if len(plans) == 1:
         return encode(plans[0])
@@ -397,7 +399,12 @@ class PackPlan:
     names and the layout alone (the same every step), so the encoder's shapes never depend on
     data: `valid_at` lists the packed suffix positions, `eot_at` each row's EOT among them,
     `mask` is the causal mask among suffix positions [s, s] and `eot_mask` each EOT query's
-    row of it. A plan covers `classes` classes from class `first` on (one chunk, or all)."""
+    row of it. A plan covers `classes` classes from class `first` on (one chunk, or all).
+
+    Padded (pack_plans with `uniform`, the compiled step's chunks): each run holds `rows` >=
+    `classes` prompt rows (the last real class repeated) and some rows compute positions past
+    their EOT, so that every chunk has one set of shapes; causal attention keeps those extra
+    positions out of every EOT's feature, and only the `classes` real rows come out."""
 
     runs: int
     classes: int
@@ -408,22 +415,57 @@ class PackPlan:
     mask: torch.Tensor
     eot_mask: torch.Tensor
     first: int = 0
+    rows: int = 0  # prompt rows per run: `classes` and any padding (0 = `classes`)
+
+    def __post_init__(self) -> None:
+        if self.rows == 0:
+            object.__setattr__(self, "rows", self.classes)
+
+    def shapes(self) -> tuple[int, ...]:
+        """What a compiled encoder specialises on: one tuple for every chunk of a uniform
+        packing."""
+        return (self.runs, self.rows, self.length, self.prefix, self.valid_at.numel())
 
 
-def pack_plan(learner: PromptLearner, runs: int, classes: slice | None = None) -> PackPlan:
+def pack_plan(
+    learner: PromptLearner,
+    runs: int,
+    classes: slice | None = None,
+    *,
+    rows: int | None = None,
+    length: int | None = None,
+    positions: int | None = None,
+) -> PackPlan:
     """The packing of `runs` prompts laid out as `learner` (see PackPlan), over the classes
     `classes` (a contiguous slice; all by default). The shared prefix is the whole learner's,
-    so every chunk's plan holds the same prefix."""
+    so every chunk's plan holds the same prefix.
+
+    `rows`, `length` and `positions` pad the plan to given shapes: `rows` prompt rows per run
+    (the last real class repeated), `length` tokens (at least the chunk's longest prompt) and
+    `positions` computed suffix positions per run (at least the chunk's own count; the extra
+    ones extend rows past their EOT, first rows first)."""
     all_eot = learner.tokenized.argmax(dim=-1)
     lo, hi, _ = (classes or slice(None)).indices(learner.n_cls)
     eot = all_eot[lo:hi]
     device = eot.device
-    length = int(eot.max()) + 1
+    n_rows = max(rows or 0, hi - lo)
+    eot = torch.cat([eot, eot[-1:].expand(n_rows - (hi - lo))])
+    length = max(length or 0, int(eot.max()) + 1)
     p = min(shared_prefix_len(learner), int(all_eot.min()))
     s = length - p
-    rows = (eot - p).to(device).repeat(runs)
-    # Suffix position j of row (run, class) is computed iff it is at or before that class's EOT.
-    valid = torch.arange(s, device=device)[None, :] <= rows[:, None]
+    ends = (eot - p).to(device)  # each row's EOT among its suffix positions
+    last = ends.clone()  # each row's last computed suffix position
+    spare = (positions or 0) - int((ends + 1).sum())
+    if spare > 0:
+        room = (s - 1 - ends).cumsum(0)  # positions past the EOTs, up to each row
+        taken = torch.clamp(room, max=spare)
+        last = ends + taken - torch.cat([taken.new_zeros(1), taken[:-1]])
+        if int((last + 1).sum()) != positions:
+            raise ValueError(f"{positions} suffix positions do not fit {n_rows} rows of {s}")
+    # Suffix position j of row (run, class) is computed iff it is at or before that row's last.
+    valid = torch.arange(s, device=device)[None, :] <= last.repeat(runs)[:, None]
+    counts = valid.sum(dim=1)
+    eot_rows = ends.repeat(runs)
     mask = torch.ones(s, s, dtype=torch.bool, device=device).tril()
     return PackPlan(
         runs=runs,
@@ -431,35 +473,62 @@ def pack_plan(learner: PromptLearner, runs: int, classes: slice | None = None) -
         length=length,
         prefix=p,
         valid_at=valid.flatten().nonzero().flatten(),
-        eot_at=torch.cumsum(valid.sum(dim=1), dim=0) - 1,
+        eot_at=torch.cumsum(counts, dim=0) - counts + eot_rows,
         mask=mask,
-        eot_mask=mask[rows][:, None, None],
+        eot_mask=mask[eot_rows][:, None, None],
         first=lo,
+        rows=n_rows,
     )
 
 
-def pack_plans(learner: PromptLearner, runs: int, class_chunk: int | None = None) -> list:
-    """One PackPlan per chunk of classes (resolve_chunk), in class order."""
+def pack_plans(
+    learner: PromptLearner, runs: int, class_chunk: int | None = None, uniform: bool = False
+) -> list[PackPlan]:
+    """One PackPlan per chunk of classes (resolve_chunk), in class order. `uniform` pads every
+    chunk to one set of shapes (PackPlan.shapes), so that a compiled encoder specialises once
+    however many chunks there are, not once per chunk (past torch.compile's recompile limit,
+    8 by default, it runs the remaining shapes eager)."""
     n_cls = learner.n_cls
     chunk = resolve_chunk(n_cls, class_chunk)
     if chunk >= n_cls:
         return [pack_plan(learner, runs)]
-    return [pack_plan(learner, runs, slice(lo, lo + chunk)) for lo in range(0, n_cls, chunk)]
+    spans = [slice(lo, min(lo + chunk, n_cls)) for lo in range(0, n_cls, chunk)]
+    if not uniform:
+        return [pack_plan(learner, runs, span) for span in spans]
+    eot = learner.tokenized.argmax(dim=-1)
+    p = min(shared_prefix_len(learner), int(eot.min()))
+    # Suffix positions per run of each chunk, a short last chunk's repeated rows counted.
+    need = [
+        int((eot[span] - p + 1).sum()) + (lo + chunk - span.stop) * int(eot[span.stop - 1] - p + 1)
+        for lo, span in zip(range(0, n_cls, chunk), spans, strict=True)
+    ]
+    length = int(eot.max()) + 1
+    return [
+        pack_plan(learner, runs, span, rows=chunk, length=length, positions=max(need))
+        for span in spans
+    ]
 
 
 def plan_prompts(learners: Sequence[PromptLearner], plan: PackPlan) -> torch.Tensor:
     """The prompt embeddings the plan packs, [R·C', length, width] (run-major)."""
     span = slice(plan.first, plan.first + plan.classes)
-    return torch.cat([learner.prompt_rows(span, plan.length) for learner in learners])
+    pad = plan.rows - plan.classes
+    out = []
+    for learner in learners:
+        rows = learner.prompt_rows(span, plan.length)
+        out.append(torch.cat([rows, rows[-1:].expand(pad, -1, -1)]) if pad else rows)
+    return torch.cat(out)
 
 
-def encode_packed(model: Any, prompts: torch.Tensor, plan: PackPlan) -> torch.Tensor:
+def encode_rows(model: Any, prompts: torch.Tensor, plan: PackPlan) -> torch.Tensor:
     """The text tower on R·C' prompt embeddings [R·C', length, width] packed as `plan` says:
-    [R, C', embed_dim]. Every shape here follows from the plan, none from tensor values.
+    [R, C', embed_dim], C' = plan.rows (a padded plan's repeated rows included). Every shape
+    here follows from the plan's shapes, none from tensor values or the plan's `classes` and
+    `first`, so one compiled graph serves every chunk of a uniform packing.
 
     The shared prefix (the first class's of each run) runs once per run, and the suffixes
     attend to its one copy of keys and values."""
-    n_cls, p = plan.classes, plan.prefix
+    n_cls, p = plan.rows, plan.prefix
     blocks = list(model.transformer.resblocks)
     if not blocks:
         raise ValueError("the text transformer has no layers")
@@ -473,6 +542,11 @@ def encode_packed(model: Any, prompts: torch.Tensor, plan: PackPlan) -> torch.Te
         hp = F.pad(x[::n_cls, :p], (0, 0, 0, -p % 4))
         prefix_kvs = _prefix_pass(blocks, hp, p, heads, plan.runs)
     return _suffix_pass(model, x[:, p:], plan, *prefix_kvs)
+
+
+def encode_packed(model: Any, prompts: torch.Tensor, plan: PackPlan) -> torch.Tensor:
+    """encode_rows without a padded plan's repeated rows: [R, plan.classes, embed_dim]."""
+    return encode_rows(model, prompts, plan)[:, : plan.classes]
 
 
 def learner_from_artifact(

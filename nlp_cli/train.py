@@ -33,7 +33,7 @@ from nlp_cli.methods import epoch_seed
 from nlp_cli.prompt import (
     POSITIONS,
     PromptLearner,
-    encode_packed,
+    encode_rows,
     pack_plans,
     plan_prompts,
     text_features_many,
@@ -428,7 +428,7 @@ class StepEncoder:
         if compiled:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             try:
-                self.core = torch.compile(encode_packed, mode=mode, dynamic=False)
+                self.core = torch.compile(encode_rows, mode=mode, dynamic=False)
             except Exception as e:  # any failure of the compiler means eager
                 self._fall_back(e)
 
@@ -465,8 +465,13 @@ class StepEncoder:
         return text_features_many(model, learners, self.class_chunk)
 
     def _probe(self, model: Any, learners: list[PromptLearner]) -> None:
-        # Each chunk's plan (--class-chunk) is a packing of its own shapes: each is tried.
-        for plan in pack_plans(learners[0], len(learners), self.class_chunk):
+        # The chunks (--class-chunk) are padded to one set of shapes (pack_plans' uniform, as
+        # text_features_many packs them for a core): each distinct set is tried once.
+        seen: set[tuple[int, ...]] = set()
+        for plan in pack_plans(learners[0], len(learners), self.class_chunk, uniform=True):
+            if plan.shapes() in seen:
+                continue
+            seen.add(plan.shapes())
             with torch.no_grad():
                 prompts = plan_prompts(learners, plan)
             prompts.requires_grad_(True)

@@ -253,8 +253,67 @@ def test_core_runs_once_per_chunk_plan(tiny):
     with torch.no_grad():
         got = prompt.text_features_many(tiny, learners, 4, core=core)
         want = torch.stack([plain_text_features(tiny, learner) for learner in learners])
-    assert seen == [(0, 4, 8, 8), (4, 4, 8, 8), (8, 3, 6, 6)]
+    # Given a core, the chunks are padded to one set of shapes: the short last chunk's prompts
+    # include its last class twice more, and only its 3 real classes come out.
+    assert seen == [(0, 4, 8, 8), (4, 4, 8, 8), (8, 3, 8, 8)]
     assert got.shape == want.shape and _rel(got, want) <= 1e-5
+
+
+def test_uniform_chunks_have_one_set_of_shapes_and_the_same_features(tiny):
+    """Issue #20: padded chunks (repeated last class, positions computed past some EOTs) all
+    have one set of shapes, so a compiled encoder specialises once; their features and ctx
+    gradients are CLIP's 77-token encoder's, and the padding gets no gradient."""
+    from nlp_cli import prompt
+
+    learners = [
+        PromptLearner(tiny, MANY, n_ctx=5, generator=torch.Generator().manual_seed(s))
+        for s in (0, 1)
+    ]
+    ragged = prompt.pack_plans(learners[0], 2, 4)
+    plans = prompt.pack_plans(learners[0], 2, 4, uniform=True)
+    assert len({p.shapes() for p in ragged}) > 1
+    assert len({p.shapes() for p in plans}) == 1
+    assert [(p.first, p.classes, p.rows) for p in plans] == [(0, 4, 4), (4, 4, 4), (8, 3, 4)]
+    for plan, alone in zip(plans, ragged, strict=True):
+        assert plan.valid_at.numel() >= alone.valid_at.numel() and plan.length >= alone.length
+
+    got = prompt.text_features_many(tiny, learners, 4, core=prompt.encode_rows)
+    w = torch.randn(got.shape, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad((F.normalize(got, dim=-1) * w).sum(), [lr.ctx for lr in learners])
+    for r, learner in enumerate(learners):
+        ref = plain_text_features(tiny, learner)
+        (g_ref,) = torch.autograd.grad((F.normalize(ref, dim=-1) * w[r]).sum(), learner.ctx)
+        assert _rel(got[r].detach(), ref.detach()) <= 1e-5 and _rel(grads[r], g_ref) <= 1e-5
+
+
+def test_a_compiled_core_specialises_once_for_all_uniform_chunks(tiny):
+    """torch.compile (dynamic=False) with a counting backend: the padded chunks compile one
+    graph; the ragged chunks would compile one per distinct shape."""
+    import torch._dynamo
+
+    from nlp_cli import prompt
+
+    graphs: list[int] = []
+
+    def counting(gm, example_inputs):
+        graphs.append(1)
+        return gm.forward
+
+    learner = PromptLearner(tiny, MANY, n_ctx=5)
+    with torch.no_grad():
+        want = prompt.text_features_many(tiny, [learner], 0)
+        torch._dynamo.reset()
+        core = torch.compile(prompt.encode_rows, backend=counting, dynamic=False)
+        got = prompt.text_features_many(tiny, [learner], 2, core=core)
+        uniform = len(graphs)
+        torch._dynamo.reset()
+        core = torch.compile(prompt.encode_rows, backend=counting, dynamic=False)
+        for plan in prompt.pack_plans(learner, 1, 2):
+            core(tiny, prompt.plan_prompts([learner], plan), plan)
+        ragged = len(graphs) - uniform
+        torch._dynamo.reset()
+    assert uniform == 1 and ragged > 1
+    assert _rel(got, want) <= 1e-5
 
 
 def test_chunk_resolution():
