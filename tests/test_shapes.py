@@ -32,6 +32,32 @@ def test_same_seed_same_bytes_other_seed_other_images(small_world, tmp_path):
     assert sum(other[k] != same[k] for k in pngs) == len(pngs)
 
 
+def test_two_processes_drawing_one_world_at_once_both_get_it_whole(
+    small_world, tmp_path, monkeypatch
+):
+    """Ranks of a torchrun sweep may draw a world into one NLP_HOME at once: each draws into its
+    own folder, so one never removes the other's half-drawn images (they shared one before), and
+    the second to finish keeps the first's folder. A folder left by a dead process is removed."""
+    dead = tmp_path / f".{shapes.FOLDER}.0.999999999.tmp"
+    (dead / "images").mkdir(parents=True)
+    calls = []
+
+    def draw(rng, colour, shape, size):
+        if not calls:  # another process draws the whole world while this one is at its first image
+            calls.append(1)
+            monkeypatch.setattr(shapes.os, "getpid", lambda: 4_000_000)
+            shapes.generate(tmp_path, seed=0, counts=SMALL)
+            monkeypatch.undo()
+        return shapes.draw_item(rng, colour, shape, size)
+
+    out = shapes.write_world(
+        tmp_path, shapes.FOLDER, shapes.SPLIT_FILE, shapes.VERSION, draw, 0, SMALL,
+        shapes.CLASSES, shapes.SIZE,
+    )  # fmt: skip
+    assert calls and tree_digests(out) == tree_digests(small_world)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [shapes.FOLDER]
+
+
 def test_layout_and_split_file(small_world):
     assert (small_world / shapes.SPLIT_FILE).is_file()
     ds = datasets.get("shapes-easy").load(small_world)

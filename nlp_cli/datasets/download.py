@@ -308,9 +308,9 @@ def pin(path: Path) -> tuple[str, bool]:
     record = path.with_name(path.name + PIN)
     if record.is_file():
         return digest, False
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(f"{digest}  {path.name}\n")
-    os.replace(tmp, record)
+    from nlp_cli.artifacts import atomic_write_text
+
+    atomic_write_text(record, f"{digest}  {path.name}\n")
     return digest, True
 
 

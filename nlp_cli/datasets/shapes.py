@@ -18,6 +18,7 @@ import colorsys
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 from collections.abc import Callable
@@ -309,7 +310,12 @@ def write_world(
     if (out / split_file).is_file() and _read_stamp(out) == stamp:
         return out
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{name}.{seed}.tmp"
+    # Each process draws into its own folder (ranks of a torchrun sweep may draw at once);
+    # the folders of processes that died mid-draw are removed.
+    for stale in root.glob(f".{name}.{seed}.*.tmp"):
+        if not _alive(stale.name.split(".")[-2]):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".{name}.{seed}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     items: Split = {"train": [], "val": [], "test": []}
     for label, cname in enumerate(classes):
@@ -323,10 +329,26 @@ def write_world(
                 items[split].append((rel, label, cname))
     save_split_file(items, tmp / split_file)
     (tmp / ".shapes.json").write_text(json.dumps(stamp, sort_keys=True))
+    if (out / split_file).is_file() and _read_stamp(out) == stamp:
+        shutil.rmtree(tmp)  # another process drew the same world meanwhile
+        return out
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process `pid` (a folder name's part) still runs; not a number: no."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_stamp(folder: Path, name: str, classes: Callable[[], tuple[str, ...]]) -> None:
