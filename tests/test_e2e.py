@@ -36,8 +36,9 @@ def test_shapes_world_through_pipes_shows_the_papers_finding(tmp_path):
     protocol: an untrained context is far below zero-shot (learning is needed), CE trained on
     the noisy labels falls below zero-shot, NLPrompt and DSPT stay far above it.
 
-    Measured at seed 1 (`bash examples/quickstart.sh`): untrained 7.2, zero-shot 48.2, CE 36.0,
-    NLPrompt 75.4, DSPT 80.5 (%); the margins below are half those gaps or less."""
+    Measured at seed 1 (`bash benchmarks/world_check.sh`, the same stages): untrained 7.6,
+    zero-shot 46.2, CE 32.6, NLPrompt 77.9, DSPT 81.9 (%), PromptOT's F1 0.94; the margins below
+    are half those gaps or less."""
     home = tmp_path / "home"
     feats = sh("nlp download shapes >/dev/null\nnlp embed shapes --model tiny-shapes", home).strip()
     assert Path(feats).exists()
@@ -54,5 +55,5 @@ def test_shapes_world_through_pipes_shows_the_papers_finding(tmp_path):
     dspt = last5(sh(f"{noisy} | {train} --loss dsoftmax | nlp eval --json", home))
     nlprompt = last5(sh(f"{noisy} | nlp purify | {train} --loss nlprompt | nlp eval --json", home))
     assert ce < zero_shot - 5, (ce, zero_shot)
-    assert nlprompt > zero_shot + 12, (nlprompt, zero_shot)
-    assert dspt > zero_shot + 15, (dspt, zero_shot)
+    assert nlprompt > zero_shot + 15, (nlprompt, zero_shot)
+    assert dspt > zero_shot + 17, (dspt, zero_shot)
