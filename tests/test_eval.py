@@ -139,6 +139,17 @@ def test_eval_json_carries_the_resolved_config_and_environment(cli, features, tm
     assert m["environment"]["threads"] >= 1
 
 
+def test_runs_of_one_train_call_say_a_shared_warning_once(cli, features):
+    """Two seeds under a paper protocol on features without augmented views: the warning about
+    the views concerns the features both runs read, so it is printed once, not once per run."""
+    r = cli(
+        "train", features, "--protocol", "coop", "--epochs", "1", "--n-ctx", "4", "--seed", "1,2"
+    )
+    assert r.code == 0, r.stderr
+    assert len(r.stdout.split()) == 2
+    assert r.stderr.count("holds only center crops") == 1
+
+
 def test_metrics_as_clip_benchmark_writes_them_and_the_aggregate(cli, features, tmp_path):
     import csv
     import io

@@ -68,14 +68,18 @@ def test_pause() -> None:
         time.sleep(pause)
 
 
-def show(result: Any) -> None:
-    """A StageResult's cache hit, warnings and notes on stderr."""
+def show(result: Any, seen: set[str] | None = None) -> None:
+    """A StageResult's cache hit, warnings and notes on stderr. With `seen` (shared by the runs of
+    one command), a warning or note already shown for another run is not repeated."""
     if result.cache_hit and result.path is not None:
         output.info(f"cache hit: {result.path}")
-    for line in result.warnings:
-        output.warn(line)
-    for line in result.notes:
-        output.info(line)
+    for lines, say in ((result.warnings, output.warn), (result.notes, output.info)):
+        for line in lines:
+            if seen is not None:
+                if line in seen:
+                    continue
+                seen.add(line)
+            say(line)
 
 
 def finish(result: Any, as_json: bool, summary: dict[str, Any] | None = None) -> None:

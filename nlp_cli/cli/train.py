@@ -302,8 +302,9 @@ def register(app: typer.Typer) -> None:
                 on_info=output.info,
                 on_step=steps,
             )
+        seen: set[str] = set()  # the runs' shared warnings (the same features, say) once
         for r in results:
-            show(r)
+            show(r, seen)
         if len(results) == 1:
             output.emit(results[0].path, results[0].summary, as_json)
         elif as_json:
