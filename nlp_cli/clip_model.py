@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib
+import importlib.util
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from nlp_cli.errors import ArtifactError, NlpError, UsageError, did_you_mean
 from nlp_cli.home import models_dir
 
 HAND_TEMPLATE = "a photo of a {}."
+CONTEXT_LENGTH = 77  # CLIP's text positions: what clip.tokenize pads and cuts to
 ASSETS = Path(__file__).parent / "assets"
 # Built-in checkpoints shipped inside the package (OpenAI state-dict layout).
 # `tiny-shapes` is pretrained for the `shapes` world (`tiny-duo`, its earlier name, is the same
@@ -36,10 +40,54 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _clip():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pkg_resources deprecation, raised on import
-        import clip
-    return clip
+    """clip-anytorch, whole: its load, tokenize and model list as well as clip.model."""
+    module = _clip_package()
+    init = module.__dict__.get("__getattr__")
+    if init is not None:
+        init("load")
+    return module
+
+
+def _clip_text():
+    """clip-anytorch's `model` and `simple_tokenizer` modules, all the text tower needs.
+
+    Importing `clip` runs its __init__, which imports torchvision and, through torchvision.ops,
+    torch._dynamo and pkg_resources: about 2 s on a 2-core machine, in every stage process, for
+    the two modules that import neither. So the `clip` package enters sys.modules with its
+    __init__ not yet run, and the first use of anything else it defines (`clip.load`, by us
+    or by any other code in the process) runs it then, into the same module: clip.model is
+    imported once, and `clip.model.CLIP` stays one class."""
+    module = _clip_package()
+    importlib.import_module("clip.model")
+    importlib.import_module("clip.simple_tokenizer")
+    return module
+
+
+def _clip_package():
+    module = sys.modules.get("clip")
+    if module is not None:
+        return module
+    spec = importlib.util.find_spec("clip")
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        raise NlpError("clip-anytorch is not installed: pip install clip-anytorch")
+    module = importlib.util.module_from_spec(spec)
+
+    def __getattr__(name: str) -> Any:  # noqa: N807 (PEP 562: the module's own attribute hook)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        del module.__dict__["__getattr__"]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pkg_resources deprecation, raised on import
+                spec.loader.exec_module(module)
+        except BaseException:
+            module.__getattr__ = __getattr__
+            raise
+        return getattr(module, name)
+
+    module.__getattr__ = __getattr__
+    sys.modules["clip"] = module
+    return module
 
 
 def openai_models() -> dict[str, str]:
@@ -352,7 +400,7 @@ _NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
 
 @functools.cache
 def _text_clip_class() -> type:
-    clip = _clip()
+    clip = _clip_text()
 
     class TextClip(clip.model.CLIP):
         """OpenAI's CLIP without its image tower: clip.model.CLIP's text tower, encode_text and
@@ -798,7 +846,17 @@ def tokenize(texts: list[str], model: Any = None) -> torch.Tensor:
     """The model's tokenizer (CLIP's when `model` is None), its context length per text."""
     if isinstance(model, OpenClip):
         return model.tokenizer(texts)
-    return _clip().tokenize(texts)
+    # clip.tokenize's arithmetic (context 77, no truncation, int64) on the shared tokenizer,
+    # without importing clip.clip (_clip_text)
+    tok = _simple_tokenizer()
+    sot, eot = tok.encoder["<|startoftext|>"], tok.encoder["<|endoftext|>"]
+    out = torch.zeros(len(texts), CONTEXT_LENGTH, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = [sot, *tok.encode(text), eot]
+        if len(ids) > CONTEXT_LENGTH:
+            raise UsageError(f"{text!r} is {len(ids)} tokens, more than CLIP's {CONTEXT_LENGTH}")
+        out[i, : len(ids)] = torch.tensor(ids)
+    return out
 
 
 def bpe_encode(model: Any, text: str) -> list[int]:
@@ -812,7 +870,7 @@ def bpe_encode(model: Any, text: str) -> list[int]:
 def _simple_tokenizer() -> Any:
     """CLIP's BPE tokenizer, built once per process: building one reads and parses the 1.3 MB
     gzipped merge list (about 0.1-0.3 s), which once per class name dominated a run's start."""
-    return _clip().simple_tokenizer.SimpleTokenizer()
+    return _clip_text().simple_tokenizer.SimpleTokenizer()
 
 
 def encode_prompts(model: Any, prompts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -909,7 +967,7 @@ def build_tiny(
     Head counts are width // 64 because clip.model.build_model infers them that way when
     a checkpoint is loaded back; any other count would load as a different function.
     """
-    clip = _clip()
+    clip = _clip_text()
     torch.manual_seed(seed)
     model = clip.model.CLIP(
         embed_dim=embed_dim,

@@ -181,3 +181,55 @@ def test_stages_that_encode_images_still_get_the_image_tower(cli, tiny_clip, tmp
     r = cli("predict", out, imgs / "test", "--json")
     assert r.code == 0, r.stderr
     assert len(json.loads(r.stdout)["images"]) == 9
+
+
+TOKENIZE_TEXTS = [
+    "a photo of a red on blue.",
+    "X X X X café déjà-vu, 3.5 µm!",
+    "  spaces   and\ttabs  ",
+    "",
+    "word " * 74,  # 74 tokens + [SOS] + [EOT] = 76: fits
+]
+
+
+def test_tokenize_is_clips_tokenize():
+    """clip_model.tokenize (on the shared BPE tokenizer) against clip-anytorch's own
+    clip.tokenize: the same ids, padding and dtype; too long is one clear error."""
+    theirs = clip_model._clip().tokenize(TOKENIZE_TEXTS)
+    ours = clip_model.tokenize(TOKENIZE_TEXTS)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape == (len(TOKENIZE_TEXTS), 77)
+    assert torch.equal(ours, theirs)
+    with pytest.raises(RuntimeError):
+        clip_model._clip().tokenize(["word " * 76])
+    with pytest.raises(NlpError, match="more than CLIP's 77"):
+        clip_model.tokenize(["word " * 76])
+
+
+TEXT_PROCESS = """
+import sys
+from nlp_cli import clip_model
+from nlp_cli.prompt import PromptLearner, text_features
+loaded = clip_model.load("tiny-shapes", image=False)
+feats = text_features(loaded.model, PromptLearner(loaded.model, ["red on blue", "blue on red"]))
+assert feats.shape[0] == 2
+heavy = sorted(m for m in ("torchvision", "pkg_resources", "clip.clip") if m in sys.modules)
+print("heavy:", ",".join(heavy))
+import clip  # any later user of the package gets all of it, with the one clip.model
+assert callable(clip.load) and callable(clip.tokenize) and "ViT-B/16" in clip.available_models()
+assert isinstance(loaded.model, clip.model.CLIP) and "torchvision" in sys.modules
+from clip import tokenize
+print("ok")
+"""
+
+
+def test_text_tower_process_never_imports_torchvision_and_clip_stays_whole():
+    """A process that needs only the text tower does not import clip's __init__ (torchvision
+    and pkg_resources, ~2 s a stage); code that then uses `clip` gets the whole package."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", TEXT_PROCESS], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["heavy:", "ok"], done.stdout
