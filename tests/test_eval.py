@@ -169,3 +169,30 @@ def test_metrics_as_clip_benchmark_writes_them_and_the_aggregate(cli, features, 
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert {row["task"] for row in rows} == {"prompt_classification", "zeroshot_classification"}
     assert float(rows[0]["acc1"]) == json.loads(a.read_text())["acc1"]
+
+
+def test_eval_of_several_prompts_is_each_prompt_alone_one_line_each(cli, features, tmp_path):
+    """`nlp eval P1 P2` (one process, one model load) prints what `nlp eval P1` and `nlp eval
+    P2` print, one line each in the order given; a bad PROMPT among them fails the whole call
+    with nothing on stdout, and --out / --plot take one PROMPT."""
+    t = cli("train", features, "--epochs", "1", "--n-ctx", "4", "--loss", "ce,mae")
+    assert t.code == 0, t.stderr
+    first, second = t.stdout.split()
+    alone = [json.loads(cli("eval", p, "--json").stdout) for p in (second, first)]
+    both = cli("eval", second, first, "--json")
+    assert both.code == 0, both.stderr
+    assert [json.loads(line) for line in both.stdout.splitlines()] == alone
+    assert alone[0]["acc1"] != alone[1]["acc1"] or alone[0]["prompt"] != alone[1]["prompt"]
+    paths = cli("eval", first, second)
+    assert paths.code == 0, paths.stderr
+    files = paths.stdout.split()
+    assert len(files) == 2
+    for path, want in zip(files, alone[::-1], strict=True):
+        assert json.loads(open(path).read())["acc1"] == want["acc1"]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a prompt")
+    r = cli("eval", first, str(bad), "--json")
+    assert r.code != 0 and r.stdout == "" and "bad.safetensors" in r.stderr
+    r = cli("eval", first, second, "--out", str(tmp_path / "m.json"))
+    assert r.code != 0 and "--out takes one PROMPT, got 2" in r.stderr
+    assert not (tmp_path / "m.json").exists()

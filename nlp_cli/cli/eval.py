@@ -30,8 +30,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval")
     def eval_(
-        prompt: Path | None = typer.Argument(
-            None, help="Prompt file from `nlp train` (default: a path piped on stdin)."
+        prompts: list[Path] | None = typer.Argument(
+            None,
+            help="Prompt file(s) from `nlp train` (default: a path piped on stdin); several are "
+            "evaluated in one process, one model load, each printed on its own line.",
+            show_default=False,
         ),
         split: str = typer.Option("test", "--split", help="test, val or train."),
         features: Path | None = typer.Option(
@@ -75,45 +78,63 @@ def register(app: typer.Typer) -> None:
 
         if zero_shot is not None and untrained is not None:
             raise UsageError("choose --zero-shot or --untrained, not both")
+        paths: list[Path | None]
         if zero_shot is not None or untrained is not None:
-            if prompt is not None or features is not None:
+            if prompts or features is not None:
                 flag = "--zero-shot" if zero_shot is not None else "--untrained"
                 raise UsageError(f"{flag} FEATURES takes neither a PROMPT nor --features")
-            path, feats = None, zero_shot or untrained
+            paths, feats = [None], zero_shot or untrained
         elif template is not None:
             raise UsageError("--template applies to --zero-shot (a prompt brings its own context)")
         else:
-            path, feats = output.input_path(prompt, "prompt file"), features
+            paths = list(prompts) if prompts else [output.input_path(None, "prompt file")]
+            feats = features
+        if len(paths) > 1:
+            for flag, value in (("--out", out), ("--plot", plot)):
+                if value is not None:
+                    raise UsageError(f"{flag} takes one PROMPT, got {len(paths)}")
+            if len(set(paths)) < len(paths):
+                raise UsageError("a PROMPT is given twice")
         if plot is not None:
             from nlp_cli import analysis
 
-            if path is None:
+            if paths[0] is None:
                 raise UsageError("--plot draws a trained prompt's history: give a PROMPT")
             analysis.require_matplotlib()
-            artifacts.check_output(plot, [path, feats, out], what="--plot")
+            artifacts.check_output(plot, [paths[0], feats, out], what="--plot")
         device, precision = resolve_run(device, precision)
-        result = evaluate(
-            path,
-            feats,
-            split,
-            weights(model, pretrained),
-            device,
-            out=out,
-            write=not as_json,
-            precision=precision,
-            template=template,
-            untrained=seed if untrained is not None else None,
-        )
-        render(result.summary)
+        # every prompt is evaluated (the model loaded once) before anything is printed, so a
+        # bad one among several fails the call with nothing on stdout
+        results = [
+            evaluate(
+                path,
+                feats,
+                split,
+                weights(model, pretrained),
+                device,
+                out=out,
+                write=not as_json,
+                precision=precision,
+                template=template,
+                untrained=seed if untrained is not None else None,
+            )
+            for path in paths
+        ]
+        for path, result in zip(paths, results, strict=True):
+            if len(paths) > 1:
+                output.info(str(path))
+            render(result.summary)
         said(device, precision)
         if plot is not None:
+            path = paths[0]
             meta = artifacts.read_meta(path)
             history = meta.get("history") or []
             if not history:
                 raise UsageError(f"{path} has no training history to plot")
             analysis.plot_history(history, plot, title=f"{path.name}: loss {meta.get('loss')}")
             output.info(f"plot: {plot}")
-        if as_json:
-            output.emit_json(result.summary)
-        else:
-            output.emit(result.path)
+        for result in results:  # one line each: a JSON object, or the metrics file's path
+            if as_json:
+                output.emit_json(result.summary)
+            else:
+                output.emit(result.path)
