@@ -3,6 +3,7 @@ an untrained context already scores high there, so no finding is read from it)."
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -56,6 +57,24 @@ def test_two_processes_drawing_one_world_at_once_both_get_it_whole(
     )  # fmt: skip
     assert calls and tree_digests(out) == tree_digests(small_world)
     assert sorted(p.name for p in tmp_path.iterdir()) == [shapes.FOLDER]
+
+
+def test_worlds_drawn_by_several_processes_are_the_same_bytes(small_world, tmp_path):
+    """Each image is drawn from its own seed, so a world drawn by two worker processes is the
+    one drawn in-process, byte for byte; a world as big as the shipped ones is drawn by one
+    process per core (up to 8), a small one, or a render that cannot be pickled, in-process."""
+    from nlp_cli.datasets import duo
+
+    out = shapes.write_world(
+        tmp_path, shapes.FOLDER, shapes.SPLIT_FILE, shapes.VERSION, shapes.draw_item, 0, SMALL,
+        shapes.CLASSES, shapes.SIZE, workers=2,
+    )  # fmt: skip
+    assert tree_digests(out) == tree_digests(small_world)
+    cores = len(os.sched_getaffinity(0))
+    full = len(duo.CLASSES) * sum(duo.COUNTS.values())
+    assert shapes._draw_workers(None, full, duo.render) == min(cores, 8)
+    assert shapes._draw_workers(None, shapes.POOL_ABOVE - 1, duo.render) == 1
+    assert shapes._draw_workers(4, full, lambda *a: None) == 1
 
 
 def test_layout_and_split_file(small_world):

@@ -15,13 +15,17 @@ different image–caption pairs (outline styles, plain backgrounds, more colours
 from __future__ import annotations
 
 import colorsys
+import functools
 import hashlib
 import json
 import math
+import multiprocessing
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -291,11 +295,16 @@ def write_world(
     classes: tuple[str, ...],
     size: int,
     parse: Callable[[str], tuple[str, str]] | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Write a generated world to `root/name` (unless the same one is there) and return it:
     `render(rng, colour, shape, size)` draws each image from its own seed, the split file and a
     stamp of what made it are written beside the images, and the folder appears whole.
-    `parse` splits a class name into render's two words (default: at its one space)."""
+    `parse` splits a class name into render's two words (default: at its one space).
+
+    The classes are drawn by `workers` processes (default: one per core, up to 8, for a world
+    of POOL_ABOVE images or more); each image's seed is its own, so the bytes do not depend on
+    how many draw them. A `render` that cannot be pickled is drawn in this process."""
     counts = dict(counts)
     root = Path(root)
     out = root / name
@@ -318,15 +327,19 @@ def write_world(
     tmp = root / f".{name}.{seed}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     items: Split = {"train": [], "val": [], "test": []}
-    for label, cname in enumerate(classes):
-        colour, shape = cname.split(" ") if parse is None else parse(cname)
-        (tmp / "images" / folder_name(cname)).mkdir(parents=True)
-        for split, n in counts.items():
-            for i in range(n):
-                rng = random.Random(item_seed(version, seed, split, cname, i))
-                rel = f"{folder_name(cname)}/{split}_{i:03d}.png"
-                render(rng, colour, shape, size).save(tmp / "images" / rel, optimize=False)
-                items[split].append((rel, label, cname))
+    jobs = [(cname, *(cname.split(" ") if parse is None else parse(cname))) for cname in classes]
+    draw = functools.partial(_draw_class, render, tmp / "images", version, seed, counts, size)
+    n_workers = _draw_workers(workers, len(classes) * sum(counts.values()), render)
+    if n_workers > 1:
+        # spawned, not forked: the parent may hold threads (torch's, the CLI's signal watcher)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
+            drawn = list(pool.map(draw, jobs))
+    else:
+        drawn = [draw(job) for job in jobs]
+    for label, (cname, per_split) in enumerate(zip(classes, drawn, strict=True)):
+        for split, rels in per_split.items():
+            items[split] += [(rel, label, cname) for rel in rels]
     save_split_file(items, tmp / split_file)
     (tmp / ".shapes.json").write_text(json.dumps(stamp, sort_keys=True))
     if (out / split_file).is_file() and _read_stamp(out) == stamp:
@@ -335,6 +348,48 @@ def write_world(
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+    return out
+
+
+# Below this many images a pool's start (about half a second a spawned worker) costs more than
+# the drawing it shares out.
+POOL_ABOVE = 1000
+
+
+def _draw_workers(workers: int | None, n_images: int, render: Callable) -> int:
+    if workers is None:
+        if n_images < POOL_ABOVE:
+            return 1
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        workers = min(len(cores) if cores else (os.cpu_count() or 1), 8)
+    if workers > 1:
+        try:
+            pickle.dumps(render)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            return 1
+    return max(workers, 1)
+
+
+def _draw_class(
+    render: Callable[[random.Random, str, str, int], Image.Image],
+    images: Path,
+    version: int,
+    seed: int,
+    counts: dict[str, int],
+    size: int,
+    job: tuple[str, str, str],
+) -> dict[str, list[str]]:
+    """Draw one class's images into `images`; its files per split, in order."""
+    cname, colour, shape = job
+    (images / folder_name(cname)).mkdir(parents=True)
+    out: dict[str, list[str]] = {}
+    for split, n in counts.items():
+        out[split] = []
+        for i in range(n):
+            rng = random.Random(item_seed(version, seed, split, cname, i))
+            rel = f"{folder_name(cname)}/{split}_{i:03d}.png"
+            render(rng, colour, shape, size).save(images / rel, optimize=False)
+            out[split].append(rel)
     return out
 
 

@@ -93,6 +93,11 @@ def camera(img: Image.Image, rng: random.Random, cast: float = 0.15, noise: floa
     return Image.fromarray(np.clip(x, 0, 255).round().astype(np.uint8))
 
 
+def render(rng: random.Random, colour: str, shape: str, size: int) -> Image.Image:
+    """One dataset image of class '<colour> <shape>': `shapes`' drawing through a camera."""
+    return camera(draw_item(rng, colour, shape, size), rng)
+
+
 def generate(
     root: Path,
     seed: int = 0,
@@ -101,10 +106,6 @@ def generate(
     size: int = SIZE,
 ) -> Path:
     """Write the dataset to `root/shapes-fine` (unless it is already there) and return it."""
-
-    def render(rng: random.Random, colour: str, shape: str, size: int) -> Image.Image:
-        return camera(draw_item(rng, colour, shape, size), rng)
-
     return _shapes.write_world(
         root,
         FOLDER,
