@@ -404,8 +404,12 @@ def _text_clip_class() -> type:
 
     class TextClip(clip.model.CLIP):
         """OpenAI's CLIP without its image tower: clip.model.CLIP's text tower, encode_text and
-        attributes, built on the meta device so that no weight is allocated before the
-        checkpoint's are assigned; `visual` is a NoImageTower."""
+        attributes, its weights to be assigned from a checkpoint; `visual` is a NoImageTower.
+
+        `meta`: built on the meta device, so that no weight is allocated before the
+        checkpoint's are assigned. Initialising meta tensors imports torch's compiler stack
+        (torch._dynamo, about 2 s of a stage's start), so a small tower (_load_text_clip's
+        META_ABOVE) is built on the CPU instead, with torch's global RNG left as it was."""
 
         def __init__(
             self,
@@ -415,10 +419,12 @@ def _text_clip_class() -> type:
             vocab_size: int,
             width: int,
             layers: int,
+            meta: bool = True,
         ) -> None:
-            # the smallest image tower CLIP builds (one block, one patch), on meta and replaced:
+            # the smallest image tower CLIP builds (one block, one patch), then replaced:
             # CLIP.__init__ sets up the text tower exactly as for the full model
-            with torch.device("meta"):
+            where = torch.device("meta") if meta else torch.random.fork_rng(devices=[])
+            with where:
                 super().__init__(
                     embed_dim,
                     image_resolution=input_resolution,
@@ -466,6 +472,11 @@ def _input_resolution(state: dict[str, torch.Tensor]) -> int:
     return 32 * round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
 
 
+# Text towers of more weights than this are built on the meta device (TextClip): below it, a
+# random initialisation on the CPU (about 0.15 s) costs less than importing torch._dynamo.
+META_ABOVE = 10_000_000
+
+
 def _load_text_clip(path: Path, device: str) -> Any:
     """The text tower of an OpenAI-layout checkpoint, its weights the file's (before
     to_precision); the image tower's weights are dropped unread."""
@@ -481,6 +492,7 @@ def _load_text_clip(path: Path, device: str) -> Any:
         vocab_size=text["token_embedding.weight"].shape[0],
         width=text["ln_final.weight"].shape[0],
         layers=len(blocks),
+        meta=sum(t.numel() for t in text.values()) > META_ABOVE,
     )
     model.load_state_dict(text, assign=True)
     return model.to(device).eval()

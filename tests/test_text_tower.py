@@ -212,7 +212,8 @@ from nlp_cli.prompt import PromptLearner, text_features
 loaded = clip_model.load("tiny-shapes", image=False)
 feats = text_features(loaded.model, PromptLearner(loaded.model, ["red on blue", "blue on red"]))
 assert feats.shape[0] == 2
-heavy = sorted(m for m in ("torchvision", "pkg_resources", "clip.clip") if m in sys.modules)
+heavy = ("torchvision", "pkg_resources", "clip.clip", "torch._dynamo")
+heavy = sorted(m for m in heavy if m in sys.modules)
 print("heavy:", ",".join(heavy))
 import clip  # any later user of the package gets all of it, with the one clip.model
 assert callable(clip.load) and callable(clip.tokenize) and "ViT-B/16" in clip.available_models()
@@ -224,7 +225,8 @@ print("ok")
 
 def test_text_tower_process_never_imports_torchvision_and_clip_stays_whole():
     """A process that needs only the text tower does not import clip's __init__ (torchvision
-    and pkg_resources, ~2 s a stage); code that then uses `clip` gets the whole package."""
+    and pkg_resources, ~1 s a stage) nor, for a small tower, torch._dynamo (meta
+    initialisation imports it, ~2 s); code that then uses `clip` gets the whole package."""
     import subprocess
     import sys
 
@@ -233,3 +235,24 @@ def test_text_tower_process_never_imports_torchvision_and_clip_stays_whole():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["heavy:", "ok"], done.stdout
+
+
+def test_small_and_large_text_towers_load_the_same_weights_and_leave_the_rng(
+    tiny_clip, monkeypatch
+):
+    """A tower under META_ABOVE weights is built on the CPU (its random init under fork_rng),
+    a larger one on the meta device: the same assigned weights and features either way, and
+    torch's global RNG is where it was."""
+    state = torch.random.get_rng_state()
+    small = clip_model.load(str(tiny_clip), image=False).model
+    assert torch.equal(torch.random.get_rng_state(), state)
+    clip_model._loaded.clear()
+    monkeypatch.setattr(clip_model, "META_ABOVE", 0)
+    large = clip_model.load(str(tiny_clip), image=False).model
+    ours, theirs = small.state_dict(), large.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    learner = PromptLearner(small, NAMES, generator=torch.Generator().manual_seed(0))
+    again = PromptLearner(large, NAMES, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(text_features(small, learner), text_features(large, again))
