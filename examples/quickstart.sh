@@ -25,15 +25,21 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 nlp download "$DATASET" >/dev/null
-feats=$(nlp embed "$DATASET" --model "$MODEL")
+# two DataLoader workers decode the images while the image tower encodes them
+feats=$(nlp embed "$DATASET" --model "$MODEL" --workers 2)
 # shellcheck disable=SC2086  # NOISE and TRAIN hold several words on purpose
 labels=$(nlp corrupt "$feats" $NOISE --seed "$SEED")
 
-nlp eval --zero-shot "$feats" --json >"$work/zero-shot.json"
-nlp eval --untrained "$feats" --seed "$SEED" --json >"$work/untrained.json"
+# The two baselines that need no training run beside the purification.
+nlp eval --zero-shot "$feats" --json >"$work/zero-shot.json" &
+zero_shot=$!
+nlp eval --untrained "$feats" --seed "$SEED" --json >"$work/untrained.json" &
+untrained=$!
 # NLPrompt's purification: optimal transport against the text prototypes splits the noisy labels
 # into the samples it finds clean (trained with CE) and the rest (trained with MAE, 1 − p_y).
 part=$(nlp purify "$labels")
+wait "$zero_shot"
+wait "$untrained"
 # Four runs: CoOp on the clean labels, CoOp and DSPT on the noisy ones, NLPrompt on the
 # partition. Two `nlp train` calls side by side (each on half the cores, its default), each
 # training its two runs paired item by item (--zip) together, one text-encoder pass per step for
@@ -47,23 +53,24 @@ second=$!
 wait "$first"
 wait "$second"
 mapfile -t prompts < <(cat "$work/a.txt" "$work/b.txt")
-runs=(clean ce dsoftmax nlprompt)
-for i in "${!runs[@]}"; do
-    nlp eval "${prompts[$i]}" --json >"$work/${runs[$i]}.json"
-done
+# One `nlp eval` for the four prompts (one model load): a JSON line each, in their order.
+nlp eval "${prompts[@]}" --json >"$work/trained.jsonl"
 
 python - "$work" "$NOISE" "$DATASET" "$MODEL" <<'PY'
 import json, sys
 from pathlib import Path
 
 work, noise, dataset, model = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+metrics = {key: json.loads((work / f"{key}.json").read_text()) for key in ("untrained", "zero-shot")}
+trained = (work / "trained.jsonl").read_text().splitlines()
+metrics.update(zip(("clean", "ce", "dsoftmax", "nlprompt"), map(json.loads, trained), strict=True))
 rows = [("Untrained context", "untrained"), ("Zero-shot CLIP", "zero-shot"),
         ("CoOp, clean labels", "clean"), ("CoOp (ce)", "ce"), ("DSPT (dsoftmax)", "dsoftmax"),
         ("NLPrompt", "nlprompt")]
 print(f"\n{dataset}, {model} CLIP, noise {noise}: test accuracy (%)\n")
 print(f"| method | final epoch | mean of last 5 epochs |\n|---|---:|---:|")
 for name, key in rows:
-    m = json.loads((work / f"{key}.json").read_text())
+    m = metrics[key]
     last5 = m.get("last5_mean_acc")
     print(f"| {name} | {100 * m['acc1']:.2f} | {'' if last5 is None else f'{100 * last5:.2f}'} |")
 PY
