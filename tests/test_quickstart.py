@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_quickstart_runs_end_to_end_and_prints_its_table(tmp_path):
-    """The quickstart in the easy world with two epochs (the stages, the two trainings side by
-    side, the baselines beside purify, one eval of the four prompts and the table), `nlp` being this interpreter's."""
+    """The quickstart in the easy world with two epochs (the stages, the baselines beside
+    purify, the two trainings side by side, one eval of the four prompts and the table), `nlp`
+    being this interpreter's."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "nlp").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m nlp_cli "$@"\n')
