@@ -1,4 +1,5 @@
-"""Where `nlp` keeps its defaults: one home folder, overridable with NLP_HOME."""
+"""Where `nlp` keeps its defaults: one home folder, overridable with NLP_HOME, and the cores it
+may use."""
 
 from __future__ import annotations
 
@@ -28,3 +29,11 @@ def models_dir() -> Path:
 def artifacts_dir(kind: str) -> Path:
     """Where artifacts of one kind go when no --out is given."""
     return nlp_home() / "artifacts" / kind
+
+
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -15,6 +15,7 @@ import typer
 
 from nlp_cli import __version__
 from nlp_cli.errors import NlpError, Terminated
+from nlp_cli.home import cores
 
 # Stages appear in `nlp --help` in pipeline order; a module joins by defining register(app).
 STAGE_ORDER = [
@@ -93,18 +94,11 @@ def set_threads(threads: int | None) -> int:
     that `--help` needs no torch; applied directly when torch is already loaded."""
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(env) if env.isdigit() and int(env) > 0 else max(1, _cores() // 2)
+        threads = int(env) if env.isdigit() and int(env) > 0 else max(1, cores() // 2)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     return threads
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _stage_modules() -> list[str]:

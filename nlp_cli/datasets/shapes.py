@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 
 from nlp_cli.datasets.splits import Split, save_split_file
 from nlp_cli.errors import NlpError
+from nlp_cli.home import cores
 
 # Hue (degrees), saturation range, value range.
 COLOURS: dict[str, tuple[float, tuple[float, float], tuple[float, float]]] = {
@@ -360,8 +361,7 @@ def _draw_workers(workers: int | None, n_images: int, render: Callable) -> int:
     if workers is None:
         if n_images < POOL_ABOVE:
             return 1
-        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-        workers = min(len(cores) if cores else (os.cpu_count() or 1), 8)
+        workers = min(cores(), 8)
     if workers > 1:
         try:
             pickle.dumps(render)
